@@ -1,0 +1,713 @@
+//! The handle: `Client` (owning, cloneable), `Link` (given to the re-login
+//! hook), `Subscription`. Methods build a [`Command`], send it to the I/O
+//! thread and, for requests, wait on a one-shot reply channel.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::thread::{self, JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use polling::Poller;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::dispatch::{self, Registry, Topic};
+use crate::outbox::{Budget, Weighed};
+use crate::pending::Key;
+use crate::state::Counters;
+use crate::{ClientBuilder, Error, InvalidFrame, LinkState, Message, Overflow, Stats};
+
+/// Commands queued between handles and the I/O thread. Large: a small
+/// channel halves throughput through park/wake ping-pong.
+const COMMAND_CAPACITY: usize = 64 * 1024;
+
+/// The whole handle → I/O thread vocabulary.
+pub(crate) enum Command {
+    /// A message for the outbox (a request if it carries a reply slot).
+    Send(Item),
+    /// A message from the `on_open` hook of connection `conn`: bypasses the outbox.
+    Login { conn: u64, item: Item },
+    /// The `on_open` hook of connection `conn` finished.
+    HookDone { conn: u64, result: Result<(), Error> },
+    /// Skip the backoff wait (or probe an open link now).
+    ReconnectNow,
+    /// Flush until `deadline`, close, report the unsent messages' texts.
+    Close { deadline: Instant, done: Sender<Vec<String>> },
+}
+
+/// One outbound message.
+pub(crate) struct Item {
+    pub(crate) text: String,
+    pub(crate) reply: Option<ReplyTo>,
+}
+
+impl Weighed for Item {
+    fn weight(&self) -> usize {
+        self.text.len()
+    }
+}
+
+/// Where a request's answer goes.
+pub(crate) struct ReplyTo {
+    pub(crate) key: Key,
+    pub(crate) deadline: Instant,
+    pub(crate) waiter: Waiter,
+}
+
+/// The caller waiting for a reply, and the operators that mean failure.
+pub(crate) struct Waiter {
+    pub(crate) tx: Sender<Result<Message, Error>>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl Waiter {
+    pub(crate) fn answer(self, r: Result<Message, Error>) {
+        // The caller may have given up; nothing to do then.
+        let _ = self.tx.try_send(r);
+    }
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Waiter")
+    }
+}
+
+/// State shared by handles, the I/O thread and the dispatcher.
+pub(crate) struct Shared {
+    pub(crate) cfg: Config,
+    tx: Sender<Command>,
+    pub(crate) poller: Arc<Poller>,
+    /// The I/O thread is (about to be) parked in the poller.
+    pub(crate) sleeping: AtomicBool,
+    pub(crate) budget: Budget,
+    pub(crate) counters: Counters,
+    state: Mutex<LinkState>,
+    state_changed: Condvar,
+    pub(crate) last_error: Mutex<Option<Error>>,
+    /// No new messages are accepted (closing or ended for good).
+    pub(crate) refusing: AtomicBool,
+    /// Sends between their `refusing` check and their push.
+    pub(crate) entering: AtomicUsize,
+    close_called: AtomicBool,
+    pub(crate) registry: Arc<Registry>,
+    next_request_id: AtomicU64,
+    pub(crate) dispatch_depth: AtomicUsize,
+    pub(crate) read_paused: AtomicBool,
+    dispatcher_id: OnceLock<ThreadId>,
+}
+
+thread_local! {
+    /// Set while an `on_open` hook runs: the connection it logs in.
+    static IN_HOOK: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy)]
+enum Route {
+    Outbox,
+    Login(u64),
+}
+
+impl Shared {
+    /// Push a command and wake the I/O thread if it sleeps.
+    pub(crate) fn command(&self, c: Command) -> bool {
+        let ok = self.tx.send(c).is_ok();
+        self.wake();
+        ok
+    }
+
+    /// Wake only a sleeping I/O thread. Pairs with the fence in its park step.
+    pub(crate) fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            let _ = self.poller.notify();
+        }
+    }
+
+    /// The dispatcher finished one inbound message.
+    pub(crate) fn dispatch_done(&self) {
+        let left = self.dispatch_depth.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left <= self.cfg.dispatch_capacity / 2 && self.read_paused.load(Ordering::Acquire) {
+            self.wake();
+        }
+    }
+
+    pub(crate) fn set_state(&self, s: LinkState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        self.state_changed.notify_all();
+    }
+
+    pub(crate) fn state(&self) -> LinkState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_last_error(&self, e: Error) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    fn route(&self, requested: Route) -> Route {
+        match (requested, IN_HOOK.with(Cell::get)) {
+            // Inside the hook, the outbox is gated until the hook returns:
+            // send the hook's messages past it instead of deadlocking.
+            (Route::Outbox, Some(conn)) if self.is_dispatcher() => Route::Login(conn),
+            (r, _) => r,
+        }
+    }
+
+    fn is_dispatcher(&self) -> bool {
+        self.dispatcher_id.get() == Some(&thread::current().id())
+    }
+
+    fn to_value(&self, msg: impl Serialize) -> Result<Value, Error> {
+        serde_json::to_value(msg).map_err(Error::Serialize)
+    }
+
+    fn submit(&self, route: Route, item: Item) -> Result<(), Error> {
+        let hand_back = |text: &str| serde_json::from_str::<Value>(text).ok();
+        if self.refusing.load(Ordering::Acquire) {
+            return Err(Error::Closed { message: hand_back(&item.text) });
+        }
+        let route = self.route(route);
+        let conn = match route {
+            Route::Login(conn) => conn,
+            Route::Outbox => {
+                let weight = item.weight();
+                let reserved = match self.cfg.overflow {
+                    Overflow::Reject => self.budget.try_reserve(weight),
+                    Overflow::DropOldest => {
+                        self.budget.force_reserve(weight);
+                        true
+                    }
+                    Overflow::Block(d) => self.budget.reserve_until(weight, Instant::now() + d),
+                };
+                if !reserved {
+                    let message = hand_back(&item.text).unwrap_or(Value::Null);
+                    return Err(Error::OutboxFull { message });
+                }
+                u64::MAX
+            }
+        };
+        // Between the check and the push, close must wait for us (see io::finish).
+        self.entering.fetch_add(1, Ordering::SeqCst);
+        if self.refusing.load(Ordering::SeqCst) {
+            self.entering.fetch_sub(1, Ordering::SeqCst);
+            if conn == u64::MAX {
+                self.budget.release(item.weight());
+            }
+            return Err(Error::Closed { message: hand_back(&item.text) });
+        }
+        let cmd = match route {
+            Route::Outbox => Command::Send(item),
+            Route::Login(conn) => Command::Login { conn, item },
+        };
+        let pushed = self.tx.send(cmd);
+        self.entering.fetch_sub(1, Ordering::SeqCst);
+        self.wake();
+        match pushed {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let text = match e.into_inner() {
+                    Command::Send(item) | Command::Login { item, .. } => item.text,
+                    _ => String::new(),
+                };
+                Err(Error::Closed { message: hand_back(&text) })
+            }
+        }
+    }
+
+    fn send(&self, route: Route, msg: impl Serialize) -> Result<(), Error> {
+        let value = self.to_value(msg)?;
+        let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
+        self.submit(route, Item { text, reply: None })
+    }
+
+    fn request(
+        &self,
+        route: Route,
+        msg: impl Serialize,
+        expect: Option<Expect>,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let mut value = self.to_value(msg)?;
+        let op = value
+            .get(&self.cfg.operator_field)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (reply, errors) = match (expect, &op) {
+            (Some(e), _) => (e.reply, e.errors),
+            (None, Some(op)) => (
+                format!("{op}{}", self.cfg.reply_suffix),
+                vec![format!("{op}{}", self.cfg.error_suffix)],
+            ),
+            // encode() below reports the missing operator.
+            (None, None) => (String::new(), Vec::new()),
+        };
+        let key = match (&self.cfg.correlation_field, value.as_object_mut()) {
+            (Some(field), Some(obj)) => {
+                let id = self.next_request_id.fetch_add(1, Ordering::Relaxed) + 1;
+                obj.insert(field.clone(), Value::from(id));
+                Key::Id(id)
+            }
+            _ => Key::Operator { reply, errors: errors.clone() },
+        };
+        let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
+        let (tx, rx) = bounded(1);
+        let deadline = Instant::now() + timeout;
+        let waiter = Waiter { tx, errors };
+        self.submit(route, Item { text, reply: Some(ReplyTo { key, deadline, waiter }) })?;
+        match rx.recv_deadline(deadline) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed { message: None }),
+        }
+    }
+}
+
+/// A running thread and a way to learn it has exited without blocking on join.
+struct Worker {
+    handle: JoinHandle<()>,
+    exited: Receiver<()>,
+}
+
+impl Worker {
+    fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<Self, Error> {
+        let (guard, exited) = bounded::<()>(0);
+        let handle = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _guard = guard;
+                f()
+            })
+            .map_err(|e| Error::Connect { context: format!("spawning thread {name}"), source: Box::new(e) })?;
+        Ok(Worker { handle, exited })
+    }
+
+    /// Join if it exits before `deadline`; else leave it to finish alone.
+    fn join_until(self, deadline: Instant) -> bool {
+        if self.handle.thread().id() == thread::current().id() {
+            return false;
+        }
+        match self.exited.recv_deadline(deadline) {
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = self.handle.join();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Owns the threads; dropping the last one closes the link.
+struct Owner {
+    shared: Arc<Shared>,
+    workers: Mutex<Option<(Worker, Worker)>>,
+}
+
+impl Owner {
+    fn close(&self, timeout: Duration) -> Result<(), Error> {
+        let shared = &self.shared;
+        if shared.close_called.swap(true, Ordering::SeqCst) {
+            return Err(Error::Closed { message: None });
+        }
+        let deadline = Instant::now() + timeout;
+        shared.refusing.store(true, Ordering::SeqCst);
+        let (done_tx, done_rx) = bounded(1);
+        shared.command(Command::Close { deadline, done: done_tx });
+        // The I/O thread honours the deadline; a connect attempt in progress
+        // may take it a little past.
+        let grace = Duration::from_millis(250);
+        let unsent = done_rx.recv_deadline(deadline + grace);
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((io, dispatcher)) = workers {
+            io.join_until(deadline + grace);
+            dispatcher.join_until(deadline + grace);
+        }
+        match unsent {
+            Ok(texts) if texts.is_empty() => Ok(()),
+            Ok(texts) => Err(Error::Unsent {
+                messages: texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect(),
+            }),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let timeout = self.shared.cfg.drop_close_timeout;
+        match self.close(timeout) {
+            Ok(()) | Err(Error::Closed { .. }) => {}
+            Err(Error::Unsent { messages }) => {
+                log::warn!("longlink: client dropped with {} unsent messages", messages.len())
+            }
+            Err(e) => log::warn!("longlink: closing on drop: {e}"),
+        }
+    }
+}
+
+/// A handle to one long-lived WebSocket link. Cheap to clone; `Send + Sync`.
+///
+/// All clones share one link, one outbox and one set of subscriptions.
+/// When the last clone is dropped, the link closes as [`close`](Self::close)
+/// does, with [`drop_close_timeout`](ClientBuilder::drop_close_timeout).
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    owner: Arc<Owner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &crate::config::redact_url(&self.shared.cfg.url))
+            .field("state", &self.shared.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reply a request expects, when it is not `X` → `XOK` / `XError`.
+///
+/// ```
+/// # use longlink::Expect;
+/// let login = Expect::reply("LoginOK").or_error("LoginError").or_error("BanLogin");
+/// # let _ = login;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    reply: String,
+    errors: Vec<String>,
+}
+
+impl Expect {
+    /// The operator of the successful reply.
+    pub fn reply(operator: impl Into<String>) -> Self {
+        Expect { reply: operator.into(), errors: Vec::new() }
+    }
+
+    /// An operator that answers the request with a failure ([`Error::Remote`]).
+    pub fn or_error(mut self, operator: impl Into<String>) -> Self {
+        self.errors.push(operator.into());
+        self
+    }
+}
+
+impl Client {
+    /// Starts configuring a client for `url` (`ws://` or `wss://`).
+    ///
+    /// ```no_run
+    /// let client = longlink::Client::builder("wss://example.com/ws").connect()?;
+    /// # Ok::<(), longlink::Error>(())
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url)
+    }
+
+    pub(crate) fn spawn(cfg: Config) -> Result<Client, Error> {
+        let poller = Poller::new()
+            .map_err(|e| Error::Connect { context: "creating the poller".into(), source: Box::new(e) })?;
+        let (tx, rx) = bounded(COMMAND_CAPACITY);
+        let (dtx, drx) = unbounded();
+        let budget = Budget::new(cfg.outbox_capacity, cfg.outbox_max_bytes);
+        let shared = Arc::new(Shared {
+            cfg,
+            tx,
+            poller: Arc::new(poller),
+            sleeping: AtomicBool::new(false),
+            budget,
+            counters: Counters::default(),
+            state: Mutex::new(LinkState::Connecting { attempt: 0 }),
+            state_changed: Condvar::new(),
+            last_error: Mutex::new(None),
+            refusing: AtomicBool::new(false),
+            entering: AtomicUsize::new(0),
+            close_called: AtomicBool::new(false),
+            registry: Arc::new(Registry::default()),
+            next_request_id: AtomicU64::new(0),
+            dispatch_depth: AtomicUsize::new(0),
+            read_paused: AtomicBool::new(false),
+            dispatcher_id: OnceLock::new(),
+        });
+        let s = shared.clone();
+        let dispatcher = Worker::spawn("longlink-dispatch", move || dispatch::run(s, drx))?;
+        let _ = shared.dispatcher_id.set(dispatcher.handle.thread().id());
+        let s = shared.clone();
+        let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx))?;
+        let owner = Arc::new(Owner { shared: shared.clone(), workers: Mutex::new(Some((io, dispatcher))) });
+        Ok(Client { shared, owner })
+    }
+
+    pub(crate) fn wait_open(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let failure = loop {
+            match &*state {
+                LinkState::Open => return Ok(()),
+                LinkState::Closed(reason) => break Some(format!("{reason:?}")),
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            state = self
+                .shared
+                .state_changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(state);
+        let last = self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = self.owner.close(Duration::from_millis(100));
+        Err(match (last, failure) {
+            (Some(e), _) => e,
+            (None, Some(reason)) => Error::Fatal(reason),
+            (None, None) => Error::Timeout(timeout),
+        })
+    }
+
+    /// Queues `msg` for sending. Returns once it is in the outbox; it leaves
+    /// in the order `send` accepted it, after the re-login step, across any
+    /// number of reconnects. Blocks only under [`Overflow::Block`].
+    ///
+    /// # Errors
+    /// [`Error::Serialize`], [`Error::InvalidMessage`] (not an object with a
+    /// string operator), [`Error::OutboxFull`], [`Error::Closed`]; the last
+    /// three hand the message back ([`Error::into_message`]).
+    ///
+    /// ```no_run
+    /// # let client = longlink::Client::builder("ws://127.0.0.1:9001").start()?;
+    /// client.send(serde_json::json!({"Operator": "CreateInvitation", "Table": "hi"}))?;
+    /// # Ok::<(), longlink::Error>(())
+    /// ```
+    pub fn send(&self, msg: impl Serialize) -> Result<(), Error> {
+        self.shared.send(Route::Outbox, msg)
+    }
+
+    /// Sends `msg` (operator `X`) and blocks until the reply `X` + `"OK"`
+    /// arrives, or `X` + `"Error"`, or `timeout` passes. The request waits in
+    /// the outbox while the link is down, within the same deadline.
+    ///
+    /// Replies are matched first in, first out per operator, or by the
+    /// [`correlation_field`](ClientBuilder::correlation_field) when set. A
+    /// reply taken by a request is not dispatched to subscribers. Safe to
+    /// call from a subscriber closure.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] (error reply), [`Error::Timeout`],
+    /// [`Error::ConnectionLost`] (written, link died, outcome unknown), plus
+    /// those of [`send`](Self::send).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # let client = longlink::Client::builder("ws://127.0.0.1:9001").connect()?;
+    /// let page = client.request(
+    ///     serde_json::json!({"Operator": "GetInvitation", "limt": 10}),
+    ///     Duration::from_secs(5),
+    /// )?;
+    /// println!("{}", page.value()["data"]);
+    /// # Ok::<(), longlink::Error>(())
+    /// ```
+    pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
+        self.shared.request(Route::Outbox, msg, None, timeout)
+    }
+
+    /// [`request`](Self::request) with the configured
+    /// [`request_timeout`](ClientBuilder::request_timeout).
+    ///
+    /// # Errors
+    /// As [`request`](Self::request).
+    pub fn request_default(&self, msg: impl Serialize) -> Result<Message, Error> {
+        self.request(msg, self.shared.cfg.request_timeout)
+    }
+
+    /// [`request`](Self::request) for pairs that do not follow the naming
+    /// convention, like `userLogin` → `LoginOK` / `LoginError`.
+    ///
+    /// # Errors
+    /// As [`request`](Self::request).
+    pub fn request_expect(&self, msg: impl Serialize, expect: Expect, timeout: Duration) -> Result<Message, Error> {
+        self.shared.request(Route::Outbox, msg, Some(expect), timeout)
+    }
+
+    /// Calls `f` on the dispatcher thread for every inbound message with this
+    /// operator, after the closures registered before it. Returns at once.
+    pub fn on(&self, operator: impl Into<String>, f: impl FnMut(&Message) + Send + 'static) -> Subscription {
+        let id = self.shared.registry.add_message(Topic::Operator(operator.into()), Box::new(f));
+        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+    }
+
+    /// Calls `f` for every message whose operator has no subscriber.
+    pub fn on_any(&self, f: impl FnMut(&Message) + Send + 'static) -> Subscription {
+        let id = self.shared.registry.add_message(Topic::Any, Box::new(f));
+        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+    }
+
+    /// Calls `f` for every inbound frame that is not an operator message:
+    /// bad JSON, not an object, no string operator, binary, bad UTF-8.
+    /// Such frames never harm the link; they are counted in
+    /// [`Stats::invalid_frames`].
+    pub fn on_invalid(&self, f: impl FnMut(&InvalidFrame) + Send + 'static) -> Subscription {
+        let id = self.shared.registry.add_invalid(Box::new(f));
+        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+    }
+
+    /// Calls `f` on every state change, in order, on the dispatcher thread.
+    pub fn on_state(&self, f: impl FnMut(&LinkState) + Send + 'static) -> Subscription {
+        let id = self.shared.registry.add_state(Box::new(f));
+        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+    }
+
+    /// The link's state now.
+    pub fn state(&self) -> LinkState {
+        self.shared.state()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.shared.budget.depth())
+    }
+
+    /// Skip the current backoff wait and try at once (network came back, app
+    /// came to the foreground). On an open link, probe the peer now instead.
+    pub fn reconnect_now(&self) {
+        self.shared.command(Command::ReconnectNow);
+    }
+
+    /// Flushes what is queued until `timeout`, sends a Close frame, stops and
+    /// joins both threads. New messages are refused from the start of the
+    /// call. If the link is not open, nothing more can be flushed.
+    ///
+    /// # Errors
+    /// [`Error::Unsent`] with the messages that did not leave;
+    /// [`Error::Closed`] if already closed; [`Error::Timeout`] if the I/O
+    /// thread did not finish in time (it then finishes alone).
+    pub fn close(&self, timeout: Duration) -> Result<(), Error> {
+        self.owner.close(timeout)
+    }
+
+    /// A handle that does not keep the link alive, for closures stored in
+    /// the client's own subscriptions (a strong clone there would keep the
+    /// link open until [`close`](Self::close)).
+    pub fn downgrade(&self) -> WeakClient {
+        WeakClient { shared: Arc::downgrade(&self.shared), owner: Arc::downgrade(&self.owner) }
+    }
+}
+
+/// A [`Client`] that does not keep the link alive. See [`Client::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakClient {
+    shared: Weak<Shared>,
+    owner: Weak<Owner>,
+}
+
+impl WeakClient {
+    /// The client, if it is still alive.
+    pub fn upgrade(&self) -> Option<Client> {
+        Some(Client { shared: self.shared.upgrade()?, owner: self.owner.upgrade()? })
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Owner")
+    }
+}
+
+/// The connection being logged in, as the [`on_open`](ClientBuilder::on_open)
+/// hook sees it. Its messages bypass the outbox and are the only ones
+/// written until the hook returns. Bound to one connection: once it is gone,
+/// its calls fail with [`Error::ConnectionLost`].
+pub struct Link {
+    shared: Arc<Shared>,
+    conn: u64,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").field("conn", &self.conn).finish()
+    }
+}
+
+impl Link {
+    pub(crate) fn new(shared: Arc<Shared>, conn: u64) -> Self {
+        Link { shared, conn }
+    }
+
+    pub(crate) fn enter_hook(&self) -> HookGuard {
+        IN_HOOK.with(|c| c.set(Some(self.conn)));
+        HookGuard
+    }
+
+    /// Writes `msg` now, ahead of the outbox.
+    ///
+    /// # Errors
+    /// As [`Client::send`], except that nothing waits in the outbox.
+    pub fn send(&self, msg: impl Serialize) -> Result<(), Error> {
+        self.shared.send(Route::Login(self.conn), msg)
+    }
+
+    /// Requests on this connection, ahead of the outbox; see [`Client::request`].
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
+        self.shared.request(Route::Login(self.conn), msg, None, timeout)
+    }
+
+    /// See [`Client::request_expect`], e.g. `userLogin` → `LoginOK` / `LoginError`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub fn request_expect(&self, msg: impl Serialize, expect: Expect, timeout: Duration) -> Result<Message, Error> {
+        self.shared.request(Route::Login(self.conn), msg, Some(expect), timeout)
+    }
+
+    /// Counters of the client, e.g. to tell a first login from a re-login.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot(self.shared.budget.depth())
+    }
+}
+
+/// Clears the in-hook mark when the hook returns or panics.
+pub(crate) struct HookGuard;
+
+impl Drop for HookGuard {
+    fn drop(&mut self) {
+        IN_HOOK.with(|c| c.set(None));
+    }
+}
+
+/// A registered closure. Dropping it does **not** unsubscribe: call
+/// [`unsubscribe`](Self::unsubscribe).
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    registry: Weak<Registry>,
+}
+
+impl Subscription {
+    /// Removes the closure; it is not called for messages dispatched after
+    /// this returns (one already running finishes). Returns false if it was
+    /// already gone.
+    pub fn unsubscribe(self) -> bool {
+        self.registry.upgrade().is_some_and(|r| r.remove(self.id))
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Registry")
+    }
+}

@@ -1,0 +1,471 @@
+//! Configuration and the builder. Every setter says what it defaults to.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backoff::BackoffPolicy;
+use crate::{Client, Error, Link, Overflow};
+
+/// The re-login hook: runs after every handshake, before the outbox flush.
+pub(crate) type OpenHook = dyn Fn(&Link) -> Result<(), Error> + Send + Sync;
+/// Headers produced at every connect.
+pub(crate) type HeaderFn = dyn Fn() -> Vec<(String, String)> + Send + Sync;
+
+/// Everything the threads need to know, fixed at build time.
+pub(crate) struct Config {
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) header_fn: Option<Arc<HeaderFn>>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    /// Frame text and reply operator.
+    pub(crate) app_heartbeat: Option<(String, String)>,
+    pub(crate) app_heartbeat_dispatch: bool,
+    pub(crate) backoff: BackoffPolicy,
+    pub(crate) retry_rejections: bool,
+    pub(crate) outbox_capacity: usize,
+    pub(crate) outbox_max_bytes: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) on_open: Option<Arc<OpenHook>>,
+    pub(crate) login_timeout: Duration,
+    pub(crate) operator_field: String,
+    pub(crate) reply_suffix: String,
+    pub(crate) error_suffix: String,
+    pub(crate) correlation_field: Option<String>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) dispatch_capacity: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) drop_close_timeout: Duration,
+    #[cfg(feature = "native-tls")]
+    pub(crate) tls_roots: Vec<native_tls::Certificate>,
+    pub(crate) accept_invalid_certs: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &self.headers.iter().map(|(k, _)| (k.as_str(), "<redacted>")).collect::<Vec<_>>())
+            .field("header_fn", &self.header_fn.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("app_heartbeat", &self.app_heartbeat.as_ref().map(|(_, reply)| reply))
+            .field("backoff", &self.backoff)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("outbox_max_bytes", &self.outbox_max_bytes)
+            .field("overflow", &self.overflow)
+            .field("on_open", &self.on_open.is_some())
+            .field("operator_field", &self.operator_field)
+            .field("correlation_field", &self.correlation_field)
+            .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with its user info and query replaced, for logs and `Debug`:
+/// tokens often travel there.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?<redacted>"),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{host}{tail}")
+}
+
+/// Builds a [`Client`]. Start with [`Client::builder`].
+///
+/// Setters never fail; [`connect`](Self::connect) and [`start`](Self::start)
+/// validate everything once and return [`Error::InvalidConfig`].
+pub struct ClientBuilder {
+    cfg: Config,
+    problems: Vec<String>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder").field("config", &self.cfg).finish()
+    }
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        ClientBuilder {
+            cfg: Config {
+                url: url.into(),
+                headers: Vec::new(),
+                header_fn: None,
+                connect_timeout: Duration::from_secs(10),
+                heartbeat_interval: Duration::from_secs(25),
+                heartbeat_timeout: Duration::from_secs(10),
+                app_heartbeat: None,
+                app_heartbeat_dispatch: false,
+                backoff: BackoffPolicy {
+                    min: Duration::from_millis(500),
+                    max: Duration::from_secs(30),
+                    healthy_after: Duration::from_secs(5),
+                    max_attempts: None,
+                },
+                retry_rejections: false,
+                outbox_capacity: 10_000,
+                outbox_max_bytes: 8 << 20,
+                overflow: Overflow::Reject,
+                on_open: None,
+                login_timeout: Duration::from_secs(10),
+                operator_field: "Operator".into(),
+                reply_suffix: "OK".into(),
+                error_suffix: "Error".into(),
+                correlation_field: None,
+                request_timeout: Duration::from_secs(10),
+                dispatch_capacity: 1024,
+                max_message_size: 16 << 20,
+                read_buffer_size: 4096,
+                drop_close_timeout: Duration::from_secs(1),
+                #[cfg(feature = "native-tls")]
+                tls_roots: Vec::new(),
+                accept_invalid_certs: false,
+            },
+            problems: Vec::new(),
+        }
+    }
+
+    /// Adds a header to the upgrade request. Its value never appears in logs or `Debug`.
+    /// Defaults to no headers.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cfg.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Produces headers at every connect, after the fixed ones: for tokens
+    /// that are refreshed. Runs on the I/O thread, so keep it quick.
+    /// Defaults to none.
+    pub fn headers_with(mut self, f: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static) -> Self {
+        self.cfg.header_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Time allowed for TCP connect, TLS and the WebSocket handshake
+    /// together; also how long [`connect`](Self::connect) waits for the
+    /// first usable link. Defaults to 10 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.cfg.connect_timeout = d;
+        self
+    }
+
+    /// Silence (in either direction) after which a WebSocket ping (and the
+    /// application heartbeat, if set) is sent. Defaults to 25 s, below common
+    /// 30–60 s NAT and proxy idle cuts.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.cfg.heartbeat_interval = d;
+        self
+    }
+
+    /// How long after a ping any inbound frame must arrive before the peer
+    /// is declared dead and the link reconnects. Defaults to 10 s.
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
+        self.cfg.heartbeat_timeout = d;
+        self
+    }
+
+    /// Also send this application message with every ping, e.g. the
+    /// recipe's `{"Operator":"Heart"}` answered by `HeartOK`. Its replies
+    /// prove liveness like any frame and are not dispatched to subscribers
+    /// (see [`app_heartbeat_dispatch`](Self::app_heartbeat_dispatch)).
+    /// Defaults to off.
+    pub fn app_heartbeat(mut self, payload: impl Serialize, reply_operator: impl Into<String>) -> Self {
+        match serde_json::to_value(payload) {
+            Ok(v) => match crate::message::encode(v, &self.cfg.operator_field) {
+                Ok((text, _)) => self.cfg.app_heartbeat = Some((text, reply_operator.into())),
+                Err(e) => self.problems.push(format!("app_heartbeat: {e}")),
+            },
+            Err(e) => self.problems.push(format!("app_heartbeat: {e}")),
+        }
+        self
+    }
+
+    /// Dispatch application heartbeat replies to subscribers too.
+    /// Defaults to false.
+    pub fn app_heartbeat_dispatch(mut self, yes: bool) -> Self {
+        self.cfg.app_heartbeat_dispatch = yes;
+        self
+    }
+
+    /// Lower bound of the reconnect backoff (also the floor of its jitter).
+    /// Defaults to 500 ms.
+    pub fn reconnect_min_delay(mut self, d: Duration) -> Self {
+        self.cfg.backoff.min = d;
+        self
+    }
+
+    /// Upper bound of the reconnect backoff; jitter still applies there.
+    /// Defaults to 30 s.
+    pub fn reconnect_max_delay(mut self, d: Duration) -> Self {
+        self.cfg.backoff.max = d;
+        self
+    }
+
+    /// How long a link must stay open to count as healthy: after that, a drop
+    /// is retried at once and the backoff starts over. Shorter-lived links
+    /// keep backing off, so a server that accepts and drops is not hammered.
+    /// Defaults to 5 s.
+    pub fn reconnect_healthy_after(mut self, d: Duration) -> Self {
+        self.cfg.backoff.healthy_after = d;
+        self
+    }
+
+    /// Give up after this many consecutive failed attempts and end in
+    /// [`CloseReason::GaveUp`](crate::CloseReason::GaveUp). Defaults to unlimited.
+    pub fn reconnect_max_attempts(mut self, n: u32) -> Self {
+        self.cfg.backoff.max_attempts = Some(n);
+        self
+    }
+
+    /// Keep retrying when the server refuses the upgrade with a 4xx status.
+    /// Defaults to false: 4xx other than 408 and 429 end the link in
+    /// [`CloseReason::Fatal`](crate::CloseReason::Fatal); 5xx are always retried.
+    pub fn reconnect_on_rejection(mut self, yes: bool) -> Self {
+        self.cfg.retry_rejections = yes;
+        self
+    }
+
+    /// Most messages the outbox holds. Defaults to 10,000.
+    pub fn outbox_capacity(mut self, n: usize) -> Self {
+        self.cfg.outbox_capacity = n;
+        self
+    }
+
+    /// Most bytes of JSON the outbox holds (one larger message still fits an
+    /// empty outbox). Defaults to 8 MiB.
+    pub fn outbox_max_bytes(mut self, n: usize) -> Self {
+        self.cfg.outbox_max_bytes = n;
+        self
+    }
+
+    /// What `send` does when the outbox is full. Defaults to [`Overflow::Reject`].
+    pub fn outbox_overflow(mut self, policy: Overflow) -> Self {
+        self.cfg.overflow = policy;
+        self
+    }
+
+    /// The re-login step: runs after every successful handshake and before
+    /// the outbox is flushed, on the dispatcher thread (never on the I/O
+    /// thread). Messages sent or requested through the given [`Link`] are
+    /// the only ones written while it runs. `Ok` opens the link; an error
+    /// counts as a failed attempt (backoff); [`Error::fatal`] ends the link.
+    /// Defaults to none.
+    pub fn on_open(mut self, hook: impl Fn(&Link) -> Result<(), Error> + Send + Sync + 'static) -> Self {
+        self.cfg.on_open = Some(Arc::new(hook));
+        self
+    }
+
+    /// How long the `on_open` hook may take before the attempt counts as
+    /// failed. Defaults to 10 s.
+    pub fn login_timeout(mut self, d: Duration) -> Self {
+        self.cfg.login_timeout = d;
+        self
+    }
+
+    /// The JSON field that names a message's operator. Defaults to `"Operator"`.
+    pub fn operator_field(mut self, field: impl Into<String>) -> Self {
+        self.cfg.operator_field = field.into();
+        self
+    }
+
+    /// Suffix of the reply operator: `X` is answered by `X` + suffix.
+    /// Defaults to `"OK"`.
+    pub fn reply_suffix(mut self, s: impl Into<String>) -> Self {
+        self.cfg.reply_suffix = s.into();
+        self
+    }
+
+    /// Suffix of the error reply operator: `X` + suffix fails the request
+    /// with [`Error::Remote`]. Defaults to `"Error"`.
+    pub fn error_suffix(mut self, s: impl Into<String>) -> Self {
+        self.cfg.error_suffix = s.into();
+        self
+    }
+
+    /// Stamp every request with a unique number in this field and match the
+    /// reply by it (the server must echo it), so concurrent requests of one
+    /// operator are safe. Defaults to off: replies are matched by operator,
+    /// first in, first out.
+    pub fn correlation_field(mut self, field: impl Into<String>) -> Self {
+        self.cfg.correlation_field = Some(field.into());
+        self
+    }
+
+    /// Deadline of [`Client::request`] calls that do not give one.
+    /// Defaults to 10 s.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.cfg.request_timeout = d;
+        self
+    }
+
+    /// Inbound messages waiting for subscriber closures. When full, the I/O
+    /// thread stops reading (TCP backpressure) instead of growing memory; it
+    /// does not count as silence. Defaults to 1024.
+    pub fn dispatch_capacity(mut self, n: usize) -> Self {
+        self.cfg.dispatch_capacity = n;
+        self
+    }
+
+    /// Largest inbound message; a larger one resets the connection.
+    /// Defaults to 16 MiB.
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.cfg.max_message_size = n;
+        self
+    }
+
+    /// Socket read buffer per connection. Defaults to 4 KiB (tungstenite's
+    /// 128 KiB costs memory on every idle link).
+    pub fn read_buffer_size(mut self, n: usize) -> Self {
+        self.cfg.read_buffer_size = n;
+        self
+    }
+
+    /// How long dropping the last [`Client`] clone may spend flushing.
+    /// Defaults to 1 s.
+    pub fn drop_close_timeout(mut self, d: Duration) -> Self {
+        self.cfg.drop_close_timeout = d;
+        self
+    }
+
+    /// Trust this CA (PEM) for `wss://`, in addition to the system's roots.
+    /// Defaults to the system's roots only. Needs the `native-tls` feature.
+    pub fn tls_root_certificate_pem(mut self, pem: &[u8]) -> Self {
+        #[cfg(feature = "native-tls")]
+        match native_tls::Certificate::from_pem(pem) {
+            Ok(c) => self.cfg.tls_roots.push(c),
+            Err(e) => self.problems.push(format!("tls_root_certificate_pem: {e}")),
+        }
+        #[cfg(not(feature = "native-tls"))]
+        {
+            let _ = pem;
+            self.problems.push("tls_root_certificate_pem needs the native-tls feature".into());
+        }
+        self
+    }
+
+    /// **Insecure**: accept any certificate and host name on `wss://`. For
+    /// tests against self-signed servers only; a warning is logged at every
+    /// connect. Defaults to false (certificates and host names are verified).
+    pub fn danger_accept_invalid_certificates(mut self, yes: bool) -> Self {
+        self.cfg.accept_invalid_certs = yes;
+        self
+    }
+
+    fn validate(mut self) -> Result<Config, Error> {
+        let c = &self.cfg;
+        match c.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
+            Some(s) if s == "ws" || s == "wss" => {}
+            _ => self.problems.push(format!("url {} must start with ws:// or wss://", redact_url(&c.url))),
+        }
+        match c.url.parse::<tungstenite::http::Uri>() {
+            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {}
+            Ok(_) => self.problems.push(format!("url {} has no host", redact_url(&c.url))),
+            Err(_) => self.problems.push(format!("url {} is not a valid URL", redact_url(&c.url))),
+        }
+        for (name, d) in [
+            ("connect_timeout", c.connect_timeout),
+            ("heartbeat_interval", c.heartbeat_interval),
+            ("heartbeat_timeout", c.heartbeat_timeout),
+            ("login_timeout", c.login_timeout),
+            ("request_timeout", c.request_timeout),
+        ] {
+            if d.is_zero() {
+                self.problems.push(format!("{name} must be greater than zero"));
+            }
+        }
+        if c.backoff.min > c.backoff.max {
+            self.problems.push("reconnect_min_delay must not exceed reconnect_max_delay".into());
+        }
+        for (name, n) in [
+            ("outbox_capacity", c.outbox_capacity),
+            ("outbox_max_bytes", c.outbox_max_bytes),
+            ("dispatch_capacity", c.dispatch_capacity),
+            ("max_message_size", c.max_message_size),
+            ("read_buffer_size", c.read_buffer_size),
+        ] {
+            if n == 0 {
+                self.problems.push(format!("{name} must be greater than zero"));
+            }
+        }
+        if c.operator_field.is_empty() {
+            self.problems.push("operator_field must not be empty".into());
+        }
+        if let Some(f) = &c.correlation_field {
+            if f.is_empty() || *f == c.operator_field {
+                self.problems.push("correlation_field must be a non-empty field other than the operator".into());
+            }
+        }
+        if self.problems.is_empty() {
+            Ok(self.cfg)
+        } else {
+            Err(Error::InvalidConfig(self.problems.join("; ")))
+        }
+    }
+
+    /// Starts the link and blocks until it is usable (handshake and `on_open`
+    /// done) or `connect_timeout` passes. Retries with backoff meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]; the last attempt's error ([`Error::Connect`],
+    /// [`Error::Rejected`], [`Error::Tls`]…) when the timeout passes or a
+    /// permanent failure ends the link; both threads are then stopped.
+    pub fn connect(self) -> Result<Client, Error> {
+        let timeout = self.cfg.connect_timeout;
+        let client = Client::spawn(self.validate()?)?;
+        client.wait_open(timeout)?;
+        Ok(client)
+    }
+
+    /// Starts the link and returns at once; it connects in the background
+    /// and `send` queues meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`], or an I/O error creating the poller or threads.
+    pub fn start(self) -> Result<Client, Error> {
+        Client::spawn(self.validate()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_query_in_logs() {
+        assert_eq!(redact_url("wss://u:p@h.example:8443/ws?token=abc"), "wss://h.example:8443/ws?<redacted>");
+        assert_eq!(redact_url("ws://127.0.0.1:80/a"), "ws://127.0.0.1:80/a");
+    }
+
+    #[test]
+    fn builder_reports_every_problem_at_once() {
+        let err = ClientBuilder::new("http://x")
+            .heartbeat_interval(Duration::ZERO)
+            .outbox_capacity(0)
+            .validate()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ws://"), "{text}");
+        assert!(text.contains("heartbeat_interval"), "{text}");
+        assert!(text.contains("outbox_capacity"), "{text}");
+    }
+
+    #[test]
+    fn debug_redacts_header_values() {
+        let b = ClientBuilder::new("ws://h/?t=s3cret").header("Authorization", "Bearer s3cret");
+        let text = format!("{b:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("Authorization"));
+    }
+}

@@ -1,0 +1,187 @@
+//! The one error type of this crate.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Message;
+
+/// Result alias with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, as seen from the caller.
+///
+/// Variants that refuse a message hand it back: see [`Error::into_message`].
+/// `Display` describes this layer only; the underlying cause, if any, is in
+/// [`source`](std::error::Error::source).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder was given something unusable (bad URL, zero interval…).
+    InvalidConfig(String),
+    /// The message could not be serialized to JSON.
+    Serialize(serde_json::Error),
+    /// The message is not a JSON object with a string operator field.
+    InvalidMessage {
+        /// Why it was refused.
+        reason: String,
+        /// The message as it was serialized.
+        message: Value,
+    },
+    /// The outbox is full (overflow policy `Reject`, or `Block` timed out).
+    OutboxFull {
+        /// The refused message, handed back.
+        message: Value,
+    },
+    /// The link is closed (by [`Client::close`](crate::Client::close) or for good after a
+    /// fatal error); the message was not accepted.
+    Closed {
+        /// The refused message, if the call carried one.
+        message: Option<Value>,
+    },
+    /// No reply within the request's deadline. The request may or may not
+    /// have reached the server.
+    Timeout(Duration),
+    /// The link died after the request was written and before its reply
+    /// arrived: the server may or may not have acted on it.
+    ConnectionLost,
+    /// The server answered with an error operator (`XError`, `LoginError`…).
+    Remote(Message),
+    /// A connection attempt failed.
+    Connect {
+        /// What failed, for humans.
+        context: String,
+        /// The cause.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server refused the WebSocket upgrade with this HTTP status.
+    Rejected {
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// TLS failed: certificate not trusted, wrong host name, protocol error.
+    Tls(Box<dyn std::error::Error + Send + Sync>),
+    /// The link gave up or was ended for good; the reason says why.
+    Fatal(String),
+    /// [`Client::close`](crate::Client::close) could not flush everything:
+    /// these messages never left, in their original order.
+    Unsent {
+        /// The messages, handed back.
+        messages: Vec<Value>,
+    },
+}
+
+impl Error {
+    /// An error for an [`on_open`](crate::ClientBuilder::on_open) hook that
+    /// must end the link for good (e.g. the server answered `BanLogin`):
+    /// the link goes to [`LinkState::Closed`](crate::LinkState::Closed) with this reason
+    /// instead of retrying.
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        Error::Fatal(reason.into())
+    }
+
+    /// The message this error handed back, if any.
+    pub fn into_message(self) -> Option<Value> {
+        match self {
+            Error::InvalidMessage { message, .. } | Error::OutboxFull { message } => Some(message),
+            Error::Closed { message } => message,
+            _ => None,
+        }
+    }
+
+    /// The server's error reply, if this is [`Error::Remote`].
+    pub fn remote(&self) -> Option<&Message> {
+        match self {
+            Error::Remote(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// True for [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+
+    /// True for [`Error::ConnectionLost`]: the outcome is unknown.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::ConnectionLost)
+    }
+
+    /// True for [`Error::Closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed { .. })
+    }
+
+    /// True for [`Error::OutboxFull`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::OutboxFull { .. })
+    }
+
+    /// Whether a later attempt cannot succeed without a change (bad
+    /// certificate, refused upgrade, bad configuration).
+    pub(crate) fn is_permanent(&self, retry_rejections: bool) -> bool {
+        match self {
+            Error::InvalidConfig(_) | Error::Fatal(_) => true,
+            Error::Tls(e) => e.to_string().contains("certificate"),
+            Error::Rejected { status } => {
+                !retry_rejections && (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
+            Error::Serialize(_) => f.write_str("message could not be serialized to JSON"),
+            Error::InvalidMessage { reason, .. } => write!(f, "invalid message: {reason}"),
+            Error::OutboxFull { .. } => f.write_str("outbox is full; message handed back"),
+            Error::Closed { .. } => f.write_str("link is closed"),
+            Error::Timeout(d) => write!(f, "no reply within {d:?}"),
+            Error::ConnectionLost => {
+                f.write_str("connection lost before the reply arrived; outcome unknown")
+            }
+            Error::Remote(m) => write!(f, "server answered with error operator {:?}", m.operator()),
+            Error::Connect { context, .. } => write!(f, "connection attempt failed: {context}"),
+            Error::Rejected { status } => write!(f, "server refused the WebSocket upgrade: HTTP {status}"),
+            Error::Tls(_) => f.write_str("TLS handshake failed"),
+            Error::Fatal(why) => write!(f, "link ended: {why}"),
+            Error::Unsent { messages } => write!(f, "closed with {} messages unsent", messages.len()),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Serialize(e) => Some(e),
+            Error::Connect { source, .. } => Some(source.as_ref()),
+            Error::Tls(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_messages_are_handed_back() {
+        let m = serde_json::json!({"Operator": "X"});
+        assert_eq!(Error::OutboxFull { message: m.clone() }.into_message(), Some(m.clone()));
+        assert_eq!(Error::Closed { message: Some(m.clone()) }.into_message(), Some(m));
+        assert_eq!(Error::ConnectionLost.into_message(), None);
+    }
+
+    #[test]
+    fn client_errors_are_permanent_but_throttling_is_not() {
+        assert!(Error::Rejected { status: 403 }.is_permanent(false));
+        assert!(!Error::Rejected { status: 429 }.is_permanent(false));
+        assert!(!Error::Rejected { status: 503 }.is_permanent(false));
+        assert!(!Error::Rejected { status: 403 }.is_permanent(true));
+    }
+}

@@ -1,0 +1,827 @@
+//! The I/O thread: the only code that touches the socket. This is the main loop.
+//!
+//! Each turn: take the callers' commands, do what the phase asks (connect,
+//! read until `WouldBlock`, probe or declare the peer dead, write a batch and
+//! flush once), then park in the poller until the socket is ready, a caller
+//! wakes us, or the next deadline. An idle link parks until its heartbeat.
+
+mod transport;
+
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use polling::{Event as Ready, Events, PollMode, Poller};
+use serde_json::Value;
+use tungstenite::Message as Frame;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::backoff::{Backoff, Next};
+use crate::client::{Command, Item, Shared, Waiter};
+use crate::config::redact_url;
+use crate::dispatch::Event;
+use crate::liveness::{Liveness, Verdict};
+use crate::message::decode;
+use crate::outbox::{Weighed, trim_oldest};
+use crate::pending::{Matched, Pending};
+use crate::state::Counters;
+use crate::{CloseReason, Error, InvalidFrame, LinkState, Message, Overflow};
+use transport::{Ws, tcp};
+
+/// Frames written per turn before one flush.
+const WRITE_BATCH: usize = 4096;
+/// Frames read per turn, so a flooding peer cannot starve writes and timers.
+const READ_BATCH: usize = 4096;
+/// Commands taken per turn.
+const COMMAND_BATCH: usize = 16 * 1024;
+/// Waking this much later than planned means the process was frozen.
+const FREEZE_GAP: Duration = Duration::from_secs(2);
+
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, dispatch: Sender<Event>) {
+    let backoff = Backoff::new(shared.cfg.backoff);
+    let mut io = Io {
+        shared,
+        rx,
+        dispatch,
+        outbox: VecDeque::new(),
+        login: VecDeque::new(),
+        conn: None,
+        phase: Phase::Connecting,
+        backoff,
+        conn_ids: 0,
+        closing: None,
+        events: Events::with_capacity(NonZeroUsize::new(8).expect("8 > 0")),
+        shown_state: None,
+    };
+    io.run();
+}
+
+/// The lifecycle. Each arm of [`Io::step`] says what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Next turn opens a connection (blocking, bounded by the connect timeout).
+    Connecting,
+    /// Connected; the `on_open` hook runs until it reports or `deadline`.
+    LoggingIn { deadline: Instant },
+    /// Usable; the outbox flows.
+    Open,
+    /// Waiting to retry.
+    Backoff { until: Instant },
+    /// Ended for good; waiting for `close` to collect what is left.
+    Ended,
+}
+
+/// One live connection and what we know about it.
+struct Conn {
+    id: u64,
+    ws: Ws,
+    poller: Arc<Poller>,
+    live: Liveness,
+    pending: Pending<Waiter>,
+    /// Data frames written on this connection.
+    written: u64,
+    /// Of those, how many the peer is known to have read (pong to a later ping).
+    confirmed: u64,
+    /// Outstanding ping: payload number, when, `written` at that time.
+    ping: Option<(u64, Instant, u64)>,
+    ping_seq: u64,
+    readable: bool,
+    writable: bool,
+    write_blocked: bool,
+    need_flush: bool,
+    interest: (bool, bool),
+    /// Reading stopped because the dispatcher is full.
+    paused: bool,
+}
+
+impl Conn {
+    fn register(id: u64, ws: Ws, poller: Arc<Poller>, live: Liveness) -> std::io::Result<Conn> {
+        // SAFETY: polling requires the socket to be deleted from the poller
+        // before it is closed. `Conn` owns the socket and deletes it in Drop,
+        // which runs before the socket field is dropped.
+        #[allow(unsafe_code)]
+        unsafe {
+            poller.add_with_mode(tcp(&ws), Ready::readable(id as usize), PollMode::Level)?;
+        }
+        Ok(Conn {
+            id,
+            ws,
+            poller,
+            live,
+            pending: Pending::default(),
+            written: 0,
+            confirmed: 0,
+            ping: None,
+            ping_seq: 0,
+            // Frames may already sit in tungstenite's or TLS's buffer.
+            readable: true,
+            writable: false,
+            write_blocked: false,
+            need_flush: false,
+            interest: (true, false),
+            paused: false,
+        })
+    }
+
+    fn set_interest(&mut self) {
+        let want = (!self.paused, self.write_blocked);
+        if want != self.interest {
+            let ev = Ready::new(self.id as usize, want.0, want.1);
+            if self.poller.modify_with_mode(tcp(&self.ws), ev, PollMode::Level).is_ok() {
+                self.interest = want;
+            }
+        }
+    }
+
+    /// Flush tungstenite's buffer; `WouldBlock` leaves it buffered.
+    fn flush(&mut self) -> Result<(), String> {
+        match self.ws.flush() {
+            Ok(()) => {
+                self.need_flush = false;
+                self.write_blocked = false;
+                Ok(())
+            }
+            Err(e) if would_block(&e) => {
+                self.write_blocked = true;
+                Ok(())
+            }
+            Err(e) => Err(format!("write failed: {e}")),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.poller.delete(tcp(&self.ws));
+    }
+}
+
+fn would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+struct Io {
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+    dispatch: Sender<Event>,
+    outbox: VecDeque<Item>,
+    /// Messages of the `on_open` hook (and of a `Link` kept after it).
+    login: VecDeque<Item>,
+    conn: Option<Conn>,
+    phase: Phase,
+    backoff: Backoff,
+    conn_ids: u64,
+    closing: Option<(Instant, Sender<Vec<String>>)>,
+    events: Events,
+    shown_state: Option<LinkState>,
+}
+
+impl Io {
+    fn run(&mut self) {
+        loop {
+            let now = Instant::now();
+            self.take_commands(now);
+            if self.close_ready(now) {
+                self.finish();
+                return;
+            }
+            self.step(now);
+            self.park();
+        }
+    }
+
+    fn set_state(&mut self, s: LinkState) {
+        if self.shown_state.as_ref() != Some(&s) {
+            log::debug!("longlink: state {s:?}");
+            self.shown_state = Some(s.clone());
+            self.shared.set_state(s.clone());
+            let _ = self.dispatch.send(Event::State(s));
+        }
+    }
+
+    fn take_commands(&mut self, now: Instant) {
+        for _ in 0..COMMAND_BATCH {
+            let Ok(cmd) = self.rx.try_recv() else { break };
+            self.command(cmd, now);
+        }
+    }
+
+    fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Send(item) => self.enqueue(item),
+            Command::Login { conn, item } => {
+                let live = matches!(self.phase, Phase::LoggingIn { .. } | Phase::Open);
+                if live && self.conn.as_ref().is_some_and(|c| c.id == conn) {
+                    self.login.push_back(item);
+                } else {
+                    fail_item(item, &self.shared, || Error::ConnectionLost);
+                }
+            }
+            Command::HookDone { conn, result } => {
+                let current = self.conn.as_ref().is_some_and(|c| c.id == conn);
+                if !current || !matches!(self.phase, Phase::LoggingIn { .. }) {
+                    return;
+                }
+                match result {
+                    Ok(()) => self.open(now),
+                    Err(Error::Fatal(reason)) => {
+                        log::warn!("longlink: on_open hook ended the link: {reason}");
+                        self.end(CloseReason::Fatal(reason.clone()), Some(Error::Fatal(reason)));
+                    }
+                    Err(e) => {
+                        let reason = format!("on_open hook failed: {e}");
+                        self.shared.set_last_error(e);
+                        self.lost(reason);
+                    }
+                }
+            }
+            Command::ReconnectNow => match self.phase {
+                Phase::Backoff { .. } => self.phase = Phase::Connecting,
+                Phase::Open | Phase::LoggingIn { .. } => {
+                    if let Some(c) = self.conn.as_mut() {
+                        c.live.on_resumed(now);
+                    }
+                }
+                Phase::Connecting | Phase::Ended => {}
+            },
+            Command::Close { deadline, done } => {
+                if self.closing.is_none() {
+                    self.closing = Some((deadline, done));
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, item: Item) {
+        if self.phase == Phase::Ended && item.reply.is_some() {
+            self.shared.budget.release(item.weight());
+            fail_item(item, &self.shared, || Error::Closed { message: None });
+            return;
+        }
+        self.outbox.push_back(item);
+        if self.shared.cfg.overflow == Overflow::DropOldest {
+            for old in trim_oldest(&mut self.outbox, &self.shared.budget) {
+                Counters::add(&self.shared.counters.dropped, 1);
+                fail_item(old, &self.shared, || Error::OutboxFull { message: Value::Null });
+            }
+        }
+    }
+
+    /// One turn of the state machine.
+    fn step(&mut self, now: Instant) {
+        match self.phase {
+            // The hook has run out of time: the attempt failed.
+            Phase::LoggingIn { deadline } if now >= deadline => {
+                self.lost("the on_open hook did not finish in time".into());
+            }
+            // Waited long enough: try again.
+            Phase::Backoff { until } if now >= until => self.phase = Phase::Connecting,
+            // Still waiting, or nothing to do until close.
+            Phase::Backoff { .. } | Phase::Ended => {}
+            // Never open a connection just to close it.
+            Phase::Connecting if self.closing.is_some() => {}
+            Phase::Connecting => self.connect(),
+            Phase::LoggingIn { .. } | Phase::Open => {
+                if let Err(reason) = self.service(now) {
+                    self.lost(reason);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        self.set_state(LinkState::Connecting { attempt: self.backoff.failures() });
+        let deadline = Instant::now() + cfg.connect_timeout;
+        let result = transport::connect(cfg, deadline).and_then(|ws| {
+            self.conn_ids += 1;
+            let now = Instant::now();
+            let live = Liveness::new(now, cfg.heartbeat_interval, cfg.heartbeat_timeout);
+            Conn::register(self.conn_ids, ws, self.shared.poller.clone(), live)
+                .map_err(|e| Error::Connect { context: "registering the socket".into(), source: Box::new(e) })
+        });
+        match result {
+            Ok(conn) => {
+                let id = conn.id;
+                self.conn = Some(conn);
+                Counters::add(&self.shared.counters.connects, 1);
+                log::info!("longlink: connected to {}", redact_url(&cfg.url));
+                if cfg.on_open.is_some() {
+                    self.phase = Phase::LoggingIn { deadline: Instant::now() + cfg.login_timeout };
+                    self.set_state(LinkState::LoggingIn);
+                    let _ = self.dispatch.send(Event::Hook { conn: id });
+                } else {
+                    self.open(Instant::now());
+                }
+            }
+            Err(e) => {
+                Counters::add(&self.shared.counters.connect_failures, 1);
+                log::warn!("longlink: connecting to {} failed: {e}", redact_url(&cfg.url));
+                if e.is_permanent(cfg.retry_rejections) {
+                    self.end(CloseReason::Fatal(e.to_string()), Some(e));
+                } else {
+                    let reason = e.to_string();
+                    self.shared.set_last_error(e);
+                    self.retry(Instant::now(), reason);
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.phase = Phase::Open;
+        self.backoff.on_up(now);
+        self.set_state(LinkState::Open);
+    }
+
+    /// Schedule the next attempt.
+    fn retry(&mut self, now: Instant, last_error: String) {
+        match self.backoff.on_down(now, fastrand::f64()) {
+            Next::Retry { delay, .. } if delay.is_zero() => self.phase = Phase::Connecting,
+            Next::Retry { attempt, delay } => {
+                log::info!("longlink: retrying in {delay:?} (attempt {attempt})");
+                self.phase = Phase::Backoff { until: now + delay };
+                self.set_state(LinkState::Backoff { attempt, delay });
+            }
+            Next::GiveUp { attempts } => {
+                log::warn!("longlink: giving up after {attempts} failed attempts");
+                let e = Error::Fatal(format!("gave up after {attempts} attempts: {last_error}"));
+                self.end(CloseReason::GaveUp { attempts, last_error }, Some(e));
+            }
+        }
+    }
+
+    /// The connection is gone (or the attempt failed after the handshake).
+    fn lost(&mut self, reason: String) {
+        log::info!("longlink: link lost: {reason}");
+        let now = Instant::now();
+        if let Some(conn) = self.conn.take() {
+            self.bury(conn, now);
+        }
+        for item in self.login.drain(..) {
+            fail_item(item, &self.shared, || Error::ConnectionLost);
+        }
+        self.retry(now, reason);
+    }
+
+    /// Account for a dead connection and answer its outstanding requests.
+    fn bury(&mut self, mut conn: Conn, now: Instant) {
+        let c = &self.shared.counters;
+        Counters::add(&c.possibly_lost, conn.written.saturating_sub(conn.confirmed));
+        Counters::add(&c.heartbeat_misses, conn.live.misses());
+        for w in conn.pending.drain(now) {
+            w.answer(Err(Error::ConnectionLost));
+        }
+        self.shared.read_paused.store(false, Ordering::Release);
+    }
+
+    /// End for good: no more attempts. Queued sends stay for `close` to hand back.
+    fn end(&mut self, reason: CloseReason, err: Option<Error>) {
+        let now = Instant::now();
+        if let Some(conn) = self.conn.take() {
+            self.bury(conn, now);
+        }
+        for item in self.login.drain(..) {
+            fail_item(item, &self.shared, || Error::ConnectionLost);
+        }
+        let (requests, sends): (VecDeque<Item>, VecDeque<Item>) =
+            self.outbox.drain(..).partition(|i| i.reply.is_some());
+        self.outbox = sends;
+        for item in requests {
+            self.shared.budget.release(item.weight());
+            fail_item(item, &self.shared, || Error::Closed { message: None });
+        }
+        self.shared.refusing.store(true, Ordering::SeqCst);
+        if let Some(e) = err {
+            self.shared.set_last_error(e);
+        }
+        self.phase = Phase::Ended;
+        self.set_state(LinkState::Closed(reason));
+    }
+
+    /// Read, judge liveness, write: one turn on an open connection.
+    fn service(&mut self, now: Instant) -> Result<(), String> {
+        let cap = self.shared.cfg.dispatch_capacity;
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        if conn.paused && self.shared.dispatch_depth.load(Ordering::Acquire) <= cap / 2 {
+            conn.paused = false;
+            conn.readable = true;
+            // The silence while we did not read says nothing about the peer.
+            conn.live.on_inbound(now);
+            self.shared.read_paused.store(false, Ordering::Release);
+        }
+        if conn.writable {
+            conn.writable = false;
+            if conn.write_blocked {
+                conn.flush()?;
+            }
+        }
+        if conn.readable && !conn.paused {
+            self.read(now)?;
+        }
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        if !conn.paused {
+            match conn.live.check(now) {
+                Verdict::Alive => {}
+                Verdict::Probe => self.probe(now)?,
+                Verdict::Dead => {
+                    let t = self.shared.cfg.heartbeat_timeout;
+                    return Err(format!("no frame from the server within {t:?} of a ping"));
+                }
+            }
+        }
+        self.write(now)?;
+        if let Some(conn) = self.conn.as_mut() {
+            conn.set_interest();
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, now: Instant) -> Result<(), String> {
+        for _ in 0..READ_BATCH {
+            let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+            if conn.paused {
+                return Ok(());
+            }
+            match conn.ws.read() {
+                Ok(frame) => self.frame(frame, now)?,
+                Err(e) if would_block(&e) => {
+                    conn.readable = false;
+                    return Ok(());
+                }
+                Err(tungstenite::Error::Utf8(_)) => {
+                    conn.live.on_inbound(now);
+                    self.invalid(InvalidFrame::NotUtf8);
+                }
+                Err(tungstenite::Error::Capacity(e)) => {
+                    return Err(format!("inbound message over the size limit: {e}"));
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Err("the server closed the connection".into());
+                }
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, frame: Frame, now: Instant) -> Result<(), String> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        conn.live.on_inbound(now);
+        match frame {
+            Frame::Text(text) => {
+                let c = &self.shared.counters;
+                Counters::add(&c.messages_received, 1);
+                Counters::add(&c.bytes_received, text.len() as u64);
+                match decode(text.as_str().to_owned(), &self.shared.cfg.operator_field) {
+                    Ok(m) => self.route(m, now),
+                    Err(bad) => self.invalid(bad),
+                }
+            }
+            Frame::Binary(bytes) => {
+                let c = &self.shared.counters;
+                Counters::add(&c.messages_received, 1);
+                Counters::add(&c.bytes_received, bytes.len() as u64);
+                self.invalid(InvalidFrame::Binary(bytes.to_vec()));
+            }
+            // tungstenite queued the pong; it goes out with the next flush.
+            Frame::Ping(_) => conn.need_flush = true,
+            Frame::Pong(payload) => {
+                if let Some((seq, sent, written)) = conn.ping {
+                    if payload.as_ref() == seq.to_be_bytes() {
+                        // The peer's WebSocket layer read every frame before the ping.
+                        conn.confirmed = conn.confirmed.max(written);
+                        conn.ping = None;
+                        let rtt = now.saturating_duration_since(sent).as_micros() as u64;
+                        self.shared.counters.last_rtt_us.store(rtt + 1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Frame::Close(close) => {
+                let _ = conn.ws.flush();
+                let why = close.map_or_else(|| "no code".to_owned(), |c| format!("code {}", u16::from(c.code)));
+                return Err(format!("the server closed the link ({why})"));
+            }
+            Frame::Frame(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A reply to a request goes straight to its caller; anything else to subscribers.
+    fn route(&mut self, m: Message, now: Instant) {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let Some(conn) = self.conn.as_mut() else { return };
+        let id = cfg.correlation_field.as_ref().and_then(|f| m.get(f)).and_then(Value::as_u64);
+        let op = m.operator();
+        let error_named = !cfg.error_suffix.is_empty() && op.ends_with(cfg.error_suffix.as_str());
+        match conn.pending.offer(op, id, error_named, now) {
+            Matched::Reply { waiter, error } => {
+                let error = error || waiter.errors.iter().any(|e| e == op);
+                waiter.answer(if error { Err(Error::Remote(m)) } else { Ok(m) });
+            }
+            Matched::Late => log::debug!("longlink: late reply {op:?} dropped (its caller gave up)"),
+            Matched::None => {
+                let heartbeat = cfg.app_heartbeat.as_ref().is_some_and(|(_, reply)| reply == op);
+                if !heartbeat || cfg.app_heartbeat_dispatch {
+                    self.deliver(Event::Message(m));
+                }
+            }
+        }
+    }
+
+    fn invalid(&mut self, frame: InvalidFrame) {
+        Counters::add(&self.shared.counters.invalid_frames, 1);
+        log::debug!("longlink: invalid frame: {frame:?}");
+        self.deliver(Event::Invalid(frame));
+    }
+
+    /// Hand to the dispatcher; stop reading when it is full (backpressure).
+    fn deliver(&mut self, ev: Event) {
+        let depth = self.shared.dispatch_depth.fetch_add(1, Ordering::AcqRel) + 1;
+        let _ = self.dispatch.send(ev);
+        if depth >= self.shared.cfg.dispatch_capacity {
+            if let Some(conn) = self.conn.as_mut() {
+                conn.paused = true;
+                self.shared.read_paused.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn probe(&mut self, now: Instant) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        conn.ping_seq += 1;
+        let ping = Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into());
+        write_frame(conn, ping)?;
+        conn.ping = Some((conn.ping_seq, now, conn.written));
+        if let Some((text, _)) = &cfg.app_heartbeat {
+            write_frame(conn, Frame::Text(text.clone().into()))?;
+            Counters::add(&self.shared.counters.messages_sent, 1);
+            Counters::add(&self.shared.counters.bytes_sent, text.len() as u64);
+        }
+        conn.live.on_probe_sent(now);
+        conn.need_flush = true;
+        log::debug!("longlink: heartbeat probe sent");
+        Ok(())
+    }
+
+    /// Write the hook's messages, then (when open) the outbox, in order; one flush.
+    fn write(&mut self, now: Instant) -> Result<(), String> {
+        let open = self.phase == Phase::Open;
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let counters = &self.shared.counters;
+        let mut n = 0u64;
+        let mut bytes = 0u64;
+        let mut result = Ok(());
+        while n < WRITE_BATCH as u64 && !conn.write_blocked {
+            let item = if let Some(item) = self.login.pop_front() {
+                item
+            } else if open {
+                match self.outbox.pop_front() {
+                    Some(item) => {
+                        self.shared.budget.release(item.weight());
+                        item
+                    }
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            if item.reply.as_ref().is_some_and(|r| r.deadline <= now) {
+                // Its caller has given up: never send a request late.
+                continue;
+            }
+            let len = item.text.len() as u64;
+            match conn.ws.write(Frame::Text(item.text.into())) {
+                Ok(()) => {}
+                // The frame is in tungstenite's buffer: never write it again.
+                Err(e) if would_block(&e) => conn.write_blocked = true,
+                Err(tungstenite::Error::WriteBufferFull(_)) => {
+                    log::warn!("longlink: a {len}-byte message is too large to send; dropped");
+                    Counters::add(&counters.dropped, 1);
+                    if let Some(r) = item.reply {
+                        r.waiter.answer(Err(Error::InvalidMessage {
+                            reason: format!("{len} bytes is more than the write buffer holds"),
+                            message: Value::Null,
+                        }));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // Part of it may have left: count it as written (possibly lost).
+                    conn.written += 1;
+                    if let Some(r) = item.reply {
+                        r.waiter.answer(Err(Error::ConnectionLost));
+                    }
+                    result = Err(format!("write failed: {e}"));
+                    break;
+                }
+            }
+            conn.written += 1;
+            n += 1;
+            bytes += len;
+            if let Some(r) = item.reply {
+                conn.pending.insert(r.key, r.waiter, now, r.deadline);
+            }
+        }
+        if n > 0 {
+            Counters::add(&counters.messages_sent, n);
+            Counters::add(&counters.bytes_sent, bytes);
+            conn.live.on_outbound(now);
+            conn.need_flush = true;
+        }
+        result?;
+        if conn.need_flush && !conn.write_blocked {
+            conn.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether there is more to do right away (do not sleep).
+    fn busy(&self) -> bool {
+        match (&self.conn, self.phase) {
+            (_, Phase::Connecting) => self.closing.is_none(),
+            (Some(c), Phase::Open | Phase::LoggingIn { .. }) => {
+                let can_write = !c.write_blocked
+                    && (!self.login.is_empty() || (self.phase == Phase::Open && !self.outbox.is_empty()));
+                (c.readable && !c.paused) || can_write || (c.need_flush && !c.write_blocked)
+            }
+            _ => false,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let phase = match self.phase {
+            Phase::Backoff { until } => Some(until),
+            Phase::LoggingIn { deadline } => Some(deadline),
+            _ => None,
+        };
+        let live = self.conn.as_ref().filter(|c| !c.paused).map(|c| c.live.next_deadline());
+        let close = self.closing.as_ref().map(|(d, _)| *d);
+        [phase, live, close].into_iter().flatten().min()
+    }
+
+    /// Sleep in the poller until the socket, a caller or the next deadline wakes us.
+    fn park(&mut self) {
+        let busy = self.busy();
+        if busy && self.phase == Phase::Connecting {
+            return;
+        }
+        let planned = self.next_deadline();
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            planned.map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        let cap = self.shared.cfg.dispatch_capacity;
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `Shared::wake`: either the caller sees us
+        // sleeping and notifies, or we see its command here.
+        fence(Ordering::SeqCst);
+        let resumable = self.conn.as_ref().is_some_and(|c| c.paused)
+            && self.shared.dispatch_depth.load(Ordering::Acquire) <= cap / 2;
+        if !self.rx.is_empty() || resumable {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        self.events.clear();
+        let waited = self.shared.poller.wait(&mut self.events, timeout);
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        if let Err(e) = waited {
+            log::error!("longlink: poller wait failed: {e}");
+        }
+        let woke = Instant::now();
+        if let (Some(planned), Some(conn)) = (planned, self.conn.as_mut()) {
+            if woke > planned + FREEZE_GAP {
+                log::info!(
+                    "longlink: woke {:?} late (process frozen?); probing the peer",
+                    woke - planned
+                );
+                conn.live.on_resumed(woke);
+            }
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            for ev in self.events.iter() {
+                if ev.key == conn.id as usize {
+                    conn.readable |= ev.readable;
+                    conn.writable |= ev.writable;
+                }
+            }
+        }
+    }
+
+    fn close_ready(&self, now: Instant) -> bool {
+        let Some((deadline, _)) = &self.closing else { return false };
+        if now >= *deadline {
+            return true;
+        }
+        match self.phase {
+            Phase::Open => {
+                self.outbox.is_empty()
+                    && self.login.is_empty()
+                    && self.rx.is_empty()
+                    && self.conn.as_ref().is_none_or(|c| !c.write_blocked && !c.need_flush)
+            }
+            // Let the login finish so the outbox can flush.
+            Phase::LoggingIn { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// Close: say goodbye, hand back what is left, stop.
+    fn finish(&mut self) {
+        let Some((deadline, done)) = self.closing.take() else { return };
+        // Sends that passed their `refusing` check are about to push.
+        while self.shared.entering.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
+        }
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Send(item) = cmd {
+                self.outbox.push_back(item);
+            } else if let Command::Login { item, .. } = cmd {
+                fail_item(item, &self.shared, || Error::Closed { message: None });
+            }
+        }
+        if let Some(mut conn) = self.conn.take() {
+            if goodbye(&mut conn, deadline) {
+                conn.confirmed = conn.written;
+            }
+            self.bury(conn, Instant::now());
+        }
+        for item in self.login.drain(..) {
+            fail_item(item, &self.shared, || Error::Closed { message: None });
+        }
+        let mut unsent = Vec::new();
+        for item in self.outbox.drain(..) {
+            self.shared.budget.release(item.weight());
+            match item.reply {
+                Some(r) => r.waiter.answer(Err(Error::Closed { message: None })),
+                None => unsent.push(item.text),
+            }
+        }
+        if !unsent.is_empty() {
+            log::warn!("longlink: closed with {} messages unsent", unsent.len());
+        }
+        if self.phase != Phase::Ended {
+            self.phase = Phase::Ended;
+            self.set_state(LinkState::Closed(CloseReason::Requested));
+        }
+        log::info!("longlink: closed");
+        let _ = self.dispatch.send(Event::Stop);
+        let _ = done.send(unsent);
+    }
+}
+
+/// Write one control or heartbeat frame.
+fn write_frame(conn: &mut Conn, frame: Frame) -> Result<(), String> {
+    match conn.ws.write(frame) {
+        Ok(()) => Ok(()),
+        Err(e) if would_block(&e) => {
+            conn.write_blocked = true;
+            Ok(())
+        }
+        Err(e) => Err(format!("write failed: {e}")),
+    }
+}
+
+/// Send a Close frame and wait (until `deadline`) for the server's answer,
+/// which proves it read everything we wrote before it.
+fn goodbye(conn: &mut Conn, deadline: Instant) -> bool {
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+    let _ = conn.ws.close(Some(frame));
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    let s = tcp(&conn.ws);
+    if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(left)).is_err() {
+        return false;
+    }
+    loop {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        match conn.ws.read() {
+            Ok(Frame::Close(_)) => return true,
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Answer a message that will not be sent: requests get `err()`, plain
+/// sends are counted as dropped.
+fn fail_item(item: Item, shared: &Shared, err: impl FnOnce() -> Error) {
+    match item.reply {
+        Some(r) => r.waiter.answer(Err(err())),
+        None => Counters::add(&shared.counters.dropped, 1),
+    }
+}

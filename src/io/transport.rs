@@ -1,0 +1,165 @@
+//! URL → usable WebSocket: TCP connect with a timeout, TLS, the upgrade
+//! handshake, all blocking and bounded by one deadline; then non-blocking.
+
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Instant;
+
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::WebSocket;
+
+use crate::config::{Config, redact_url};
+use crate::Error;
+
+pub(crate) type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Size at which tungstenite writes its buffer out without a flush.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// The TCP socket under a WebSocket, TLS or not.
+pub(crate) fn tcp(ws: &Ws) -> &TcpStream {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s,
+        #[cfg(feature = "native-tls")]
+        MaybeTlsStream::NativeTls(s) => s.get_ref(),
+        #[cfg(feature = "rustls")]
+        MaybeTlsStream::Rustls(s) => &s.sock,
+        _ => unreachable!("longlink builds every stream variant it can create"),
+    }
+}
+
+fn io_err(context: impl Into<String>, e: io::Error) -> Error {
+    Error::Connect { context: context.into(), source: Box::new(e) }
+}
+
+/// Open one connection. Blocks until `deadline` at most.
+pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
+    let shown = redact_url(&cfg.url);
+    let mut request = cfg
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::InvalidConfig(format!("url {shown}: {e}")))?;
+    let extra = cfg.header_fn.as_ref().map(|f| f()).unwrap_or_default();
+    for (name, value) in cfg.headers.iter().chain(extra.iter()) {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::InvalidConfig(format!("header name {name:?} is not valid")))?;
+        let mut value = HeaderValue::from_str(value)
+            .map_err(|_| Error::InvalidConfig(format!("value of header {name} is not valid")))?;
+        value.set_sensitive(true);
+        request.headers_mut().append(name, value);
+    }
+    let uri = request.uri();
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tls = uri.scheme_str() == Some("wss");
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+
+    // DNS has no timeout in std; it is usually answered from a cache.
+    let addrs = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| io_err(format!("resolving {host}"), e))?;
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = match stream {
+        Some(s) => s,
+        None => {
+            let e = last.unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            return Err(io_err(format!("connecting to {shown}"), e));
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now()).max(std::time::Duration::from_millis(1));
+    let setup = |s: &TcpStream| -> io::Result<()> {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(left))?;
+        s.set_write_timeout(Some(left))
+    };
+    setup(&stream).map_err(|e| io_err("configuring the socket", e))?;
+
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer_size)
+        .write_buffer_size(WRITE_BUFFER)
+        // Bounded: we stop writing at the first WouldBlock, so the buffer holds
+        // at most one batch threshold plus one message.
+        .max_write_buffer_size(WRITE_BUFFER + cfg.outbox_max_bytes.max(cfg.max_message_size) + 1024)
+        .max_message_size(Some(cfg.max_message_size))
+        .max_frame_size(Some(cfg.max_message_size));
+
+    let connector = tls_connector(cfg, tls)?;
+    let (ws, _response) =
+        match tungstenite::client_tls_with_config(request, stream, Some(ws_config), connector) {
+            Ok(ok) => ok,
+            Err(HandshakeError::Failure(e)) => return Err(classify(e, &shown)),
+            Err(HandshakeError::Interrupted(_)) => {
+                return Err(io_err(
+                    format!("handshake with {shown}"),
+                    io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
+                ));
+            }
+        };
+    let s = tcp(&ws);
+    let finish = |s: &TcpStream| -> io::Result<()> {
+        s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
+        s.set_nonblocking(true)
+    };
+    finish(s).map_err(|e| io_err("configuring the socket", e))?;
+    Ok(ws)
+}
+
+#[cfg(feature = "native-tls")]
+fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connector>, Error> {
+    if !tls {
+        return Ok(Some(tungstenite::Connector::Plain));
+    }
+    let mut b = native_tls::TlsConnector::builder();
+    for root in &cfg.tls_roots {
+        b.add_root_certificate(root.clone());
+    }
+    if cfg.accept_invalid_certs {
+        log::warn!(
+            "longlink: certificate and host name checks are OFF for {} (danger_accept_invalid_certificates)",
+            redact_url(&cfg.url)
+        );
+        b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+    }
+    let c = b.build().map_err(|e| Error::Tls(Box::new(e)))?;
+    Ok(Some(tungstenite::Connector::NativeTls(c)))
+}
+
+#[cfg(not(feature = "native-tls"))]
+fn tls_connector(cfg: &Config, _tls: bool) -> Result<Option<tungstenite::Connector>, Error> {
+    if cfg.accept_invalid_certs {
+        return Err(Error::InvalidConfig(
+            "danger_accept_invalid_certificates needs the native-tls feature".into(),
+        ));
+    }
+    Ok(None)
+}
+
+fn classify(e: tungstenite::Error, shown: &str) -> Error {
+    use tungstenite::Error as E;
+    match e {
+        E::Http(resp) => Error::Rejected { status: resp.status().as_u16() },
+        E::Tls(t) => Error::Tls(Box::new(t)),
+        E::Io(io) => io_err(format!("handshake with {shown}"), io),
+        E::Url(u) => Error::InvalidConfig(format!("url {shown}: {u}")),
+        other => Error::Connect { context: format!("handshake with {shown}"), source: Box::new(other) },
+    }
+}

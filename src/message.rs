@@ -1,0 +1,228 @@
+//! The JSON operator envelope: every message is a JSON object whose
+//! operator field (default `"Operator"`) names what it is. Pure.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::Error;
+
+/// An inbound JSON message with an operator.
+///
+/// Cheap to clone. `Debug` shows the operator and size only, never the
+/// payload, which may hold secrets.
+#[derive(Clone, PartialEq)]
+pub struct Message {
+    inner: Arc<Inner>,
+}
+
+#[derive(PartialEq)]
+struct Inner {
+    operator: String,
+    value: Value,
+    len: usize,
+}
+
+impl Message {
+    pub(crate) fn new(operator: String, value: Value, len: usize) -> Self {
+        Message { inner: Arc::new(Inner { operator, value, len }) }
+    }
+
+    /// The operator, e.g. `"LoginOK"`.
+    pub fn operator(&self) -> &str {
+        &self.inner.operator
+    }
+
+    /// The whole message as JSON (always an object).
+    pub fn value(&self) -> &Value {
+        &self.inner.value
+    }
+
+    /// One field of the message, if present.
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.inner.value.get(field)
+    }
+
+    /// The message as a typed value.
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] when the JSON does not fit `T`.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        T::deserialize(&self.inner.value).map_err(Error::Serialize)
+    }
+
+    /// The message as JSON, by value.
+    pub fn into_value(self) -> Value {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.value,
+            Err(shared) => shared.value.clone(),
+        }
+    }
+
+    /// Size of the frame it came in, in bytes.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// True for a frame of zero bytes (never for a decoded message).
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("operator", &self.inner.operator)
+            .field("len", &self.inner.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A frame that could not be read as an operator message.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidFrame {
+    /// A text frame that is not a JSON object with a string operator.
+    Text {
+        /// The frame as received.
+        text: String,
+        /// Why it was not accepted.
+        reason: String,
+    },
+    /// A text frame whose bytes were not UTF-8 (its content is gone).
+    NotUtf8,
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+impl fmt::Debug for InvalidFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidFrame::Text { text, reason } => f
+                .debug_struct("Text")
+                .field("len", &text.len())
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            InvalidFrame::NotUtf8 => f.write_str("NotUtf8"),
+            InvalidFrame::Binary(b) => f.debug_struct("Binary").field("len", &b.len()).finish(),
+        }
+    }
+}
+
+/// Turn an outbound JSON value into frame text, checking the envelope.
+/// Returns the text and the operator.
+pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), Error> {
+    let op = match operator_of(&value, op_field) {
+        Ok(op) => op.to_owned(),
+        Err(reason) => return Err(Error::InvalidMessage { reason, message: value }),
+    };
+    match serde_json::to_string(&value) {
+        Ok(text) => Ok((text, op)),
+        Err(e) => Err(Error::Serialize(e)),
+    }
+}
+
+/// Read one inbound text frame.
+pub(crate) fn decode(text: String, op_field: &str) -> Result<Message, InvalidFrame> {
+    let len = text.len();
+    let value: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(InvalidFrame::Text { text, reason: format!("not JSON: {e}") });
+        }
+    };
+    match operator_of(&value, op_field) {
+        Ok(op) => {
+            let op = op.to_owned();
+            Ok(Message::new(op, value, len))
+        }
+        Err(reason) => Err(InvalidFrame::Text { text, reason }),
+    }
+}
+
+fn operator_of<'a>(value: &'a Value, op_field: &str) -> Result<&'a str, String> {
+    let Value::Object(map) = value else {
+        return Err(format!("not a JSON object but {}", kind(value)));
+    };
+    operator_in(map, op_field)
+}
+
+fn operator_in<'a>(map: &'a Map<String, Value>, op_field: &str) -> Result<&'a str, String> {
+    match map.get(op_field) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("field {op_field:?} is {} and not a string", kind(other))),
+        None => Err(format!("no {op_field:?} field")),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn encodes_objects_with_an_operator() {
+        let (text, op) = encode(json!({"Operator": "Heart"}), "Operator").unwrap();
+        assert_eq!(text, r#"{"Operator":"Heart"}"#);
+        assert_eq!(op, "Heart");
+    }
+
+    #[test]
+    fn refuses_and_hands_back_what_is_not_an_envelope() {
+        for (v, why) in [
+            (json!([1, 2]), "not a JSON object but an array"),
+            (json!({"op": "X"}), "no \"Operator\" field"),
+            (json!({"Operator": 5}), "field \"Operator\" is a number and not a string"),
+        ] {
+            match encode(v.clone(), "Operator") {
+                Err(Error::InvalidMessage { reason, message }) => {
+                    assert_eq!(reason, why);
+                    assert_eq!(message, v);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_with_a_custom_operator_field() {
+        let m = decode(r#"{"type":"LoginOK","openId":"o1"}"#.into(), "type").unwrap();
+        assert_eq!(m.operator(), "LoginOK");
+        assert_eq!(m.get("openId"), Some(&json!("o1")));
+        #[derive(serde::Deserialize)]
+        struct Login {
+            #[serde(rename = "openId")]
+            open_id: String,
+        }
+        assert_eq!(m.deserialize::<Login>().unwrap().open_id, "o1");
+    }
+
+    #[test]
+    fn bad_frames_are_described_never_panicked_on() {
+        for text in ["", "not json", "[1]", "\"s\"", "{\"Operator\":null}", "{}", "{\"Operator\":"] {
+            assert!(decode(text.into(), "Operator").is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_payload() {
+        let m = decode(r#"{"Operator":"LoginOK","token":"s3cret"}"#.into(), "Operator").unwrap();
+        assert!(!format!("{m:?}").contains("s3cret"));
+        let bad = decode(r#"{"token":"s3cret"}"#.into(), "Operator").unwrap_err();
+        assert!(!format!("{bad:?}").contains("s3cret"));
+    }
+}

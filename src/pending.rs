@@ -1,0 +1,227 @@
+//! Outstanding requests and how replies find them. Pure: takes `now`.
+//!
+//! By name, replies are matched first in, first out per reply operator
+//! (servers answer one connection in order). With a correlation field, each
+//! request carries a unique id and the reply is matched by it.
+//!
+//! A request whose caller gave up is kept as a *ghost* for as long again as
+//! its timeout: if its late reply arrives in that window it is swallowed,
+//! instead of being handed to the next caller of the same operator.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Entry<W> {
+    waiter: W,
+    deadline: Instant,
+    forget_at: Instant,
+    /// Error operators that also answer this request.
+    errors: Vec<String>,
+}
+
+/// Where a request waits for its reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Key {
+    Operator { reply: String, errors: Vec<String> },
+    Id(u64),
+}
+
+/// The outcome of offering an inbound message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Matched<W> {
+    /// A live request: `error` tells an error reply.
+    Reply { waiter: W, error: bool },
+    /// A reply to a request whose caller gave up: swallow it.
+    Late,
+    /// Not a reply: dispatch it to subscribers.
+    None,
+}
+
+/// Outstanding requests of one connection.
+#[derive(Debug)]
+pub(crate) struct Pending<W> {
+    by_reply: HashMap<String, VecDeque<Entry<W>>>,
+    /// Error operator -> reply operators whose requests it can answer.
+    by_error: HashMap<String, Vec<String>>,
+    by_id: HashMap<u64, Entry<W>>,
+    inserts: u64,
+}
+
+impl<W> Default for Pending<W> {
+    fn default() -> Self {
+        Pending {
+            by_reply: HashMap::new(),
+            by_error: HashMap::new(),
+            by_id: HashMap::new(),
+            inserts: 0,
+        }
+    }
+}
+
+impl<W> Pending<W> {
+    pub(crate) fn insert(&mut self, key: Key, waiter: W, now: Instant, deadline: Instant) {
+        let forget_at = deadline + deadline.saturating_duration_since(now).max(Duration::from_secs(1));
+        self.inserts += 1;
+        match key {
+            Key::Operator { reply, errors } => {
+                for e in &errors {
+                    let list = self.by_error.entry(e.clone()).or_default();
+                    if !list.contains(&reply) {
+                        list.push(reply.clone());
+                    }
+                }
+                let queue = self.by_reply.entry(reply).or_default();
+                prune_front(queue, now);
+                queue.push_back(Entry { waiter, deadline, forget_at, errors });
+            }
+            Key::Id(id) => {
+                if self.inserts % 1024 == 0 {
+                    self.by_id.retain(|_, e| e.forget_at > now);
+                }
+                self.by_id.insert(id, Entry { waiter, deadline, forget_at, errors: Vec::new() });
+            }
+        }
+    }
+
+    /// Offer an inbound message with operator `op` and correlation `id`.
+    /// `is_error_op` tells whether `op` is an error reply by naming convention
+    /// (used for id-matched replies).
+    pub(crate) fn offer(&mut self, op: &str, id: Option<u64>, is_error_op: bool, now: Instant) -> Matched<W> {
+        if let Some(id) = id {
+            if let Some(e) = self.by_id.remove(&id) {
+                return deliver(e, is_error_op, now);
+            }
+        }
+        if let Some(queue) = self.by_reply.get_mut(op) {
+            prune_front(queue, now);
+            if let Some(e) = queue.pop_front() {
+                return deliver(e, false, now);
+            }
+        }
+        if let Some(replies) = self.by_error.get(op) {
+            for reply in replies {
+                let Some(queue) = self.by_reply.get_mut(reply) else { continue };
+                prune_front(queue, now);
+                // FIFO: the error answers the oldest request that accepts it.
+                if let Some(pos) = queue.iter().position(|e| e.errors.iter().any(|x| x == op)) {
+                    if let Some(e) = queue.remove(pos) {
+                        return deliver(e, true, now);
+                    }
+                }
+            }
+        }
+        Matched::None
+    }
+
+    /// Everything outstanding, oldest first per key: the link died.
+    pub(crate) fn drain(&mut self, now: Instant) -> Vec<W> {
+        let mut out: Vec<W> = Vec::new();
+        for (_, q) in self.by_reply.drain() {
+            out.extend(q.into_iter().filter(|e| e.deadline > now).map(|e| e.waiter));
+        }
+        out.extend(self.by_id.drain().filter(|(_, e)| e.deadline > now).map(|(_, e)| e.waiter));
+        self.by_error.clear();
+        out
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_reply.values().map(VecDeque::len).sum::<usize>() + self.by_id.len()
+    }
+}
+
+fn deliver<W>(e: Entry<W>, error: bool, now: Instant) -> Matched<W> {
+    if now >= e.deadline { Matched::Late } else { Matched::Reply { waiter: e.waiter, error } }
+}
+
+fn prune_front<W>(queue: &mut VecDeque<Entry<W>>, now: Instant) {
+    while queue.front().is_some_and(|e| e.forget_at <= now) {
+        queue.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_name(reply: &str, err: &str) -> Key {
+        Key::Operator { reply: reply.into(), errors: vec![err.into()] }
+    }
+
+    #[test]
+    fn replies_by_name_are_matched_first_in_first_out() {
+        let t = Instant::now();
+        let d = t + Duration::from_secs(10);
+        let mut p = Pending::default();
+        for w in 1..=3 {
+            p.insert(by_name("GetOK", "GetError"), w, t, d);
+        }
+        let got: Vec<_> = (0..3).map(|_| p.offer("GetOK", None, false, t)).collect();
+        assert_eq!(
+            got,
+            [1, 2, 3].map(|waiter| Matched::Reply { waiter, error: false })
+        );
+        assert_eq!(p.offer("GetOK", None, false, t), Matched::None);
+    }
+
+    #[test]
+    fn error_reply_answers_the_oldest_request_that_accepts_it() {
+        let t = Instant::now();
+        let d = t + Duration::from_secs(10);
+        let mut p = Pending::default();
+        p.insert(Key::Operator { reply: "LoginOK".into(), errors: vec!["LoginError".into(), "BanLogin".into()] }, 1, t, d);
+        p.insert(by_name("LoginOK", "LoginError"), 2, t, d);
+        assert_eq!(p.offer("BanLogin", None, false, t), Matched::Reply { waiter: 1, error: true });
+        assert_eq!(p.offer("BanLogin", None, false, t), Matched::None);
+        assert_eq!(p.offer("LoginError", None, false, t), Matched::Reply { waiter: 2, error: true });
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn replies_by_id_ignore_order() {
+        let t = Instant::now();
+        let d = t + Duration::from_secs(10);
+        let mut p = Pending::default();
+        for id in 1..=3u64 {
+            p.insert(Key::Id(id), id, t, d);
+        }
+        assert_eq!(p.offer("XOK", Some(3), false, t), Matched::Reply { waiter: 3, error: false });
+        assert_eq!(p.offer("XError", Some(1), true, t), Matched::Reply { waiter: 1, error: true });
+        assert_eq!(p.offer("XOK", Some(9), false, t), Matched::None);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn late_reply_is_swallowed_by_its_ghost_not_given_to_the_next_caller() {
+        let t = Instant::now();
+        let mut p = Pending::default();
+        p.insert(by_name("GetOK", "GetError"), 1, t, t + Duration::from_secs(5));
+        let later = t + Duration::from_secs(6);
+        p.insert(by_name("GetOK", "GetError"), 2, later, later + Duration::from_secs(5));
+        assert_eq!(p.offer("GetOK", None, false, later), Matched::Late);
+        assert_eq!(p.offer("GetOK", None, false, later), Matched::Reply { waiter: 2, error: false });
+    }
+
+    #[test]
+    fn ghosts_are_forgotten_after_as_long_again_as_their_timeout() {
+        let t = Instant::now();
+        let mut p = Pending::default();
+        p.insert(by_name("GetOK", "GetError"), 1, t, t + Duration::from_secs(5));
+        let much_later = t + Duration::from_secs(11);
+        p.insert(by_name("GetOK", "GetError"), 2, much_later, much_later + Duration::from_secs(5));
+        assert_eq!(p.offer("GetOK", None, false, much_later), Matched::Reply { waiter: 2, error: false });
+    }
+
+    #[test]
+    fn drain_returns_only_live_waiters() {
+        let t = Instant::now();
+        let mut p = Pending::default();
+        p.insert(by_name("AOK", "AError"), 1, t, t + Duration::from_secs(1));
+        p.insert(Key::Id(7), 2, t, t + Duration::from_secs(10));
+        let mut got = p.drain(t + Duration::from_secs(2));
+        got.sort();
+        assert_eq!(got, [2]);
+        assert_eq!(p.len(), 0);
+    }
+}

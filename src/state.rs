@@ -1,0 +1,132 @@
+//! Link state and statistics, as callers see them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Where the link is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkState {
+    /// Opening TCP, TLS and the WebSocket handshake. `attempt` is 0 for a
+    /// first try or an immediate retry, else the consecutive failure count.
+    Connecting {
+        /// Consecutive failures before this attempt.
+        attempt: u32,
+    },
+    /// Handshake done; the [`on_open`](crate::ClientBuilder::on_open) hook is running.
+    /// Only the hook's own messages are written.
+    LoggingIn,
+    /// Usable: the outbox is being flushed and messages flow.
+    Open,
+    /// Waiting before the next attempt.
+    Backoff {
+        /// Consecutive failures so far.
+        attempt: u32,
+        /// How long this wait is.
+        delay: Duration,
+    },
+    /// Ended for good.
+    Closed(CloseReason),
+}
+
+/// Why a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The application called [`Client::close`](crate::Client::close) or dropped the last clone.
+    Requested,
+    /// A permanent failure: refused upgrade, untrusted certificate, or a
+    /// fatal error returned by the `on_open` hook.
+    Fatal(String),
+    /// The opt-in attempt limit was reached.
+    GaveUp {
+        /// Consecutive failed attempts.
+        attempts: u32,
+        /// The last failure.
+        last_error: String,
+    },
+}
+
+/// Counters of one link since it was built. A snapshot: see [`Client::stats`](crate::Client::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Successful WebSocket handshakes.
+    pub connects: u64,
+    /// Handshakes after the first one.
+    pub reconnects: u64,
+    /// Failed connection attempts.
+    pub connect_failures: u64,
+    /// Application messages written (including login and heartbeat messages).
+    pub messages_sent: u64,
+    /// Bytes of application messages written.
+    pub bytes_sent: u64,
+    /// Data frames received.
+    pub messages_received: u64,
+    /// Bytes of data frames received.
+    pub bytes_received: u64,
+    /// Messages in the outbox now.
+    pub outbox_depth: u64,
+    /// Bytes in the outbox now.
+    pub outbox_bytes: u64,
+    /// Messages dropped by the `DropOldest` overflow policy or expired in the outbox.
+    pub dropped: u64,
+    /// Messages written into a socket that then died before the peer was
+    /// seen to read them: they may or may not have arrived.
+    pub possibly_lost: u64,
+    /// Subscriber closures or hooks that panicked (the link is unharmed).
+    pub handler_panics: u64,
+    /// Frames that were not operator messages (bad JSON, binary, no operator…).
+    pub invalid_frames: u64,
+    /// Heartbeat probes that went unanswered: each one ended a connection.
+    pub heartbeat_misses: u64,
+    /// Round trip of the last answered WebSocket ping.
+    pub last_rtt: Option<Duration>,
+}
+
+/// The live counters, shared between the threads.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connects: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) possibly_lost: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) invalid_frames: AtomicU64,
+    pub(crate) heartbeat_misses: AtomicU64,
+    /// Microseconds + 1; 0 means none yet.
+    pub(crate) last_rtt_us: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(field: &AtomicU64, n: u64) {
+        field.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, outbox: (usize, usize)) -> Stats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let connects = get(&self.connects);
+        let rtt = get(&self.last_rtt_us);
+        Stats {
+            connects,
+            reconnects: connects.saturating_sub(1),
+            connect_failures: get(&self.connect_failures),
+            messages_sent: get(&self.messages_sent),
+            bytes_sent: get(&self.bytes_sent),
+            messages_received: get(&self.messages_received),
+            bytes_received: get(&self.bytes_received),
+            outbox_depth: outbox.0 as u64,
+            outbox_bytes: outbox.1 as u64,
+            dropped: get(&self.dropped),
+            possibly_lost: get(&self.possibly_lost),
+            handler_panics: get(&self.handler_panics),
+            invalid_frames: get(&self.invalid_frames),
+            heartbeat_misses: get(&self.heartbeat_misses),
+            last_rtt: (rtt > 0).then(|| Duration::from_micros(rtt - 1)),
+        }
+    }
+}
