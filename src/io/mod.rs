@@ -638,6 +638,16 @@ impl Io {
             conn.need_flush = true;
         }
         result?;
+        if conn.ping.is_none() && conn.written > conn.confirmed {
+            // A pong proves the server's WebSocket layer read every frame
+            // written before this ping: it narrows "possibly lost" to the
+            // frames written since. One outstanding at a time, so at most
+            // one ping per round trip while writing.
+            conn.ping_seq += 1;
+            write_frame(conn, Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into()))?;
+            conn.ping = Some((conn.ping_seq, now, conn.written));
+            conn.need_flush = true;
+        }
         if conn.need_flush && !conn.write_blocked {
             conn.flush()?;
         }
