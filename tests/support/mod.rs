@@ -65,6 +65,8 @@ pub struct ServerOpts {
     pub handler: Option<Handler>,
     /// Cut connections (TCP close) after this long without any inbound frame.
     pub idle_cut: Option<Duration>,
+    /// Called when no frame arrived for a few milliseconds; what it returns is sent.
+    pub on_quiet: Option<Arc<dyn Fn() -> Vec<Value> + Send + Sync>>,
     #[cfg(feature = "native-tls")]
     pub tls: Option<native_tls::TlsAcceptor>,
 }
@@ -219,7 +221,12 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
             }
             Ok(_) => last = Instant::now(),
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                if let Some(q) = &opts.on_quiet {
+                    out.extend(q());
+                }
+            }
             Err(_) => break,
         }
         for v in out {
