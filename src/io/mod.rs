@@ -265,7 +265,9 @@ impl Io {
         self.outbox.push_back(item);
         if self.shared.cfg.overflow == Overflow::DropOldest {
             for old in trim_oldest(&mut self.outbox, &self.shared.budget) {
-                Counters::add(&self.shared.counters.dropped, 1);
+                if old.reply.is_some() {
+                    Counters::add(&self.shared.counters.dropped, 1);
+                }
                 fail_item(old, &self.shared, || Error::OutboxFull { message: Value::Null });
             }
         }
