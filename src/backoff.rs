@@ -39,7 +39,11 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(policy: BackoffPolicy) -> Self {
-        Backoff { policy, failures: 0, up_since: None }
+        Backoff {
+            policy,
+            failures: 0,
+            up_since: None,
+        }
     }
 
     /// The link became usable (handshake and re-login done).
@@ -62,15 +66,23 @@ impl Backoff {
         if was_healthy {
             // Most drops of a healthy link are transient: retry at once.
             self.failures = 0;
-            return Next::Retry { attempt: 0, delay: Duration::ZERO };
+            return Next::Retry {
+                attempt: 0,
+                delay: Duration::ZERO,
+            };
         }
         self.failures = self.failures.saturating_add(1);
-        if let Some(limit) = self.policy.max_attempts {
-            if self.failures > limit {
-                return Next::GiveUp { attempts: self.failures - 1 };
-            }
+        if let Some(limit) = self.policy.max_attempts
+            && self.failures > limit
+        {
+            return Next::GiveUp {
+                attempts: self.failures - 1,
+            };
         }
-        Next::Retry { attempt: self.failures, delay: self.delay_for(self.failures, jitter) }
+        Next::Retry {
+            attempt: self.failures,
+            delay: self.delay_for(self.failures, jitter),
+        }
     }
 
     /// The ceiling for failure number `n` (1-based): `min * 2^(n-1)`, capped at `max`.
@@ -115,7 +127,10 @@ mod tests {
     fn ceilings_double_from_min_to_max() {
         let b = Backoff::new(policy());
         let got: Vec<u64> = (1..=9).map(|n| b.ceiling(n).as_millis() as u64).collect();
-        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            got,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
         assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(30));
     }
 
@@ -141,7 +156,10 @@ mod tests {
                 last = delay;
             }
         }
-        assert_eq!(last, Duration::from_millis(500) + Duration::from_millis(29_500).mul_f64(0.5));
+        assert_eq!(
+            last,
+            Duration::from_millis(500) + Duration::from_millis(29_500).mul_f64(0.5)
+        );
         let mut b = Backoff::new(policy());
         for _ in 0..12 {
             if let Next::Retry { delay, .. } = b.on_down(t, 0.999_999) {
@@ -162,11 +180,20 @@ mod tests {
         b.on_up(t0);
         let later = t0 + Duration::from_secs(5);
         assert!(b.is_healthy(later));
-        assert_eq!(b.on_down(later, 0.9), Next::Retry { attempt: 0, delay: Duration::ZERO });
+        assert_eq!(
+            b.on_down(later, 0.9),
+            Next::Retry {
+                attempt: 0,
+                delay: Duration::ZERO
+            }
+        );
         // The retry after that failed starts at the bottom again.
         assert_eq!(
             b.on_down(later, 0.0),
-            Next::Retry { attempt: 1, delay: Duration::from_millis(500) }
+            Next::Retry {
+                attempt: 1,
+                delay: Duration::from_millis(500)
+            }
         );
     }
 
@@ -188,7 +215,10 @@ mod tests {
 
     #[test]
     fn attempt_limit_gives_up() {
-        let mut b = Backoff::new(BackoffPolicy { max_attempts: Some(3), ..policy() });
+        let mut b = Backoff::new(BackoffPolicy {
+            max_attempts: Some(3),
+            ..policy()
+        });
         let t = Instant::now();
         for n in 1..=3 {
             assert!(matches!(b.on_down(t, 0.0), Next::Retry { attempt, .. } if attempt == n));

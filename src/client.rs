@@ -32,11 +32,17 @@ pub(crate) enum Command {
     /// A message from the `on_open` hook of connection `conn`: bypasses the outbox.
     Login { conn: u64, item: Item },
     /// The `on_open` hook of connection `conn` finished.
-    HookDone { conn: u64, result: Result<(), Error> },
+    HookDone {
+        conn: u64,
+        result: Result<(), Error>,
+    },
     /// Skip the backoff wait (or probe an open link now).
     ReconnectNow,
     /// Flush until `deadline`, close, report the unsent messages' texts.
-    Close { deadline: Instant, done: Sender<Vec<String>> },
+    Close {
+        deadline: Instant,
+        done: Sender<Vec<String>>,
+    },
 }
 
 /// One outbound message.
@@ -170,7 +176,9 @@ impl Shared {
     fn submit(&self, route: Route, item: Item) -> Result<(), Error> {
         let hand_back = |text: &str| serde_json::from_str::<Value>(text).ok();
         if self.refusing.load(Ordering::Acquire) {
-            return Err(Error::Closed { message: hand_back(&item.text) });
+            return Err(Error::Closed {
+                message: hand_back(&item.text),
+            });
         }
         let route = self.route(route);
         let conn = match route {
@@ -199,7 +207,9 @@ impl Shared {
             if conn == u64::MAX {
                 self.budget.release(item.weight());
             }
-            return Err(Error::Closed { message: hand_back(&item.text) });
+            return Err(Error::Closed {
+                message: hand_back(&item.text),
+            });
         }
         let cmd = match route {
             Route::Outbox => Command::Send(item),
@@ -215,7 +225,9 @@ impl Shared {
                     Command::Send(item) | Command::Login { item, .. } => item.text,
                     _ => String::new(),
                 };
-                Err(Error::Closed { message: hand_back(&text) })
+                Err(Error::Closed {
+                    message: hand_back(&text),
+                })
             }
         }
     }
@@ -253,13 +265,26 @@ impl Shared {
                 obj.insert(field.clone(), Value::from(id));
                 Key::Id(id)
             }
-            _ => Key::Operator { reply, errors: errors.clone() },
+            _ => Key::Operator {
+                reply,
+                errors: errors.clone(),
+            },
         };
         let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
         let (tx, rx) = bounded(1);
         let deadline = Instant::now() + timeout;
         let waiter = Waiter { tx, errors };
-        self.submit(route, Item { text, reply: Some(ReplyTo { key, deadline, waiter }) })?;
+        self.submit(
+            route,
+            Item {
+                text,
+                reply: Some(ReplyTo {
+                    key,
+                    deadline,
+                    waiter,
+                }),
+            },
+        )?;
         match rx.recv_deadline(deadline) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
@@ -283,7 +308,10 @@ impl Worker {
                 let _guard = guard;
                 f()
             })
-            .map_err(|e| Error::Connect { context: format!("spawning thread {name}"), source: Box::new(e) })?;
+            .map_err(|e| Error::Connect {
+                context: format!("spawning thread {name}"),
+                source: Box::new(e),
+            })?;
         Ok(Worker { handle, exited })
     }
 
@@ -317,12 +345,19 @@ impl Owner {
         let deadline = Instant::now() + timeout;
         shared.refusing.store(true, Ordering::SeqCst);
         let (done_tx, done_rx) = bounded(1);
-        shared.command(Command::Close { deadline, done: done_tx });
+        shared.command(Command::Close {
+            deadline,
+            done: done_tx,
+        });
         // The I/O thread honours the deadline; a connect attempt in progress
         // may take it a little past.
         let grace = Duration::from_millis(250);
         let unsent = done_rx.recv_deadline(deadline + grace);
-        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some((io, dispatcher)) = workers {
             io.join_until(deadline + grace);
             dispatcher.join_until(deadline + grace);
@@ -330,7 +365,10 @@ impl Owner {
         match unsent {
             Ok(texts) if texts.is_empty() => Ok(()),
             Ok(texts) => Err(Error::Unsent {
-                messages: texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect(),
+                messages: texts
+                    .iter()
+                    .filter_map(|t| serde_json::from_str(t).ok())
+                    .collect(),
             }),
             Err(_) => Err(Error::Timeout(timeout)),
         }
@@ -343,7 +381,10 @@ impl Drop for Owner {
         match self.close(timeout) {
             Ok(()) | Err(Error::Closed { .. }) => {}
             Err(Error::Unsent { messages }) => {
-                log::warn!("longlink: client dropped with {} unsent messages", messages.len())
+                log::warn!(
+                    "longlink: client dropped with {} unsent messages",
+                    messages.len()
+                )
             }
             Err(e) => log::warn!("longlink: closing on drop: {e}"),
         }
@@ -386,7 +427,10 @@ pub struct Expect {
 impl Expect {
     /// The operator of the successful reply.
     pub fn reply(operator: impl Into<String>) -> Self {
-        Expect { reply: operator.into(), errors: Vec::new() }
+        Expect {
+            reply: operator.into(),
+            errors: Vec::new(),
+        }
     }
 
     /// An operator that answers the request with a failure ([`Error::Remote`]).
@@ -408,8 +452,10 @@ impl Client {
     }
 
     pub(crate) fn spawn(cfg: Config) -> Result<Client, Error> {
-        let poller = Poller::new()
-            .map_err(|e| Error::Connect { context: "creating the poller".into(), source: Box::new(e) })?;
+        let poller = Poller::new().map_err(|e| Error::Connect {
+            context: "creating the poller".into(),
+            source: Box::new(e),
+        })?;
         let (tx, rx) = bounded(COMMAND_CAPACITY);
         let (dtx, drx) = unbounded();
         let budget = Budget::new(cfg.outbox_capacity, cfg.outbox_max_bytes);
@@ -437,7 +483,10 @@ impl Client {
         let _ = shared.dispatcher_id.set(dispatcher.handle.thread().id());
         let s = shared.clone();
         let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx))?;
-        let owner = Arc::new(Owner { shared: shared.clone(), workers: Mutex::new(Some((io, dispatcher))) });
+        let owner = Arc::new(Owner {
+            shared: shared.clone(),
+            workers: Mutex::new(Some((io, dispatcher))),
+        });
         Ok(Client { shared, owner })
     }
 
@@ -462,7 +511,12 @@ impl Client {
                 .0;
         };
         drop(state);
-        let last = self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let last = self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let _ = self.owner.close(Duration::from_millis(100));
         Err(match (last, failure) {
             (Some(e), _) => e,
@@ -531,21 +585,40 @@ impl Client {
     ///
     /// # Errors
     /// As [`request`](Self::request).
-    pub fn request_expect(&self, msg: impl Serialize, expect: Expect, timeout: Duration) -> Result<Message, Error> {
-        self.shared.request(Route::Outbox, msg, Some(expect), timeout)
+    pub fn request_expect(
+        &self,
+        msg: impl Serialize,
+        expect: Expect,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.shared
+            .request(Route::Outbox, msg, Some(expect), timeout)
     }
 
     /// Calls `f` on the dispatcher thread for every inbound message with this
     /// operator, after the closures registered before it. Returns at once.
-    pub fn on(&self, operator: impl Into<String>, f: impl FnMut(&Message) + Send + 'static) -> Subscription {
-        let id = self.shared.registry.add_message(Topic::Operator(operator.into()), Box::new(f));
-        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+    pub fn on(
+        &self,
+        operator: impl Into<String>,
+        f: impl FnMut(&Message) + Send + 'static,
+    ) -> Subscription {
+        let id = self
+            .shared
+            .registry
+            .add_message(Topic::Operator(operator.into()), Box::new(f));
+        Subscription {
+            id,
+            registry: Arc::downgrade(&self.shared.registry),
+        }
     }
 
     /// Calls `f` for every message whose operator has no subscriber.
     pub fn on_any(&self, f: impl FnMut(&Message) + Send + 'static) -> Subscription {
         let id = self.shared.registry.add_message(Topic::Any, Box::new(f));
-        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+        Subscription {
+            id,
+            registry: Arc::downgrade(&self.shared.registry),
+        }
     }
 
     /// Calls `f` for every inbound frame that is not an operator message:
@@ -554,13 +627,19 @@ impl Client {
     /// [`Stats::invalid_frames`].
     pub fn on_invalid(&self, f: impl FnMut(&InvalidFrame) + Send + 'static) -> Subscription {
         let id = self.shared.registry.add_invalid(Box::new(f));
-        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+        Subscription {
+            id,
+            registry: Arc::downgrade(&self.shared.registry),
+        }
     }
 
     /// Calls `f` on every state change, in order, on the dispatcher thread.
     pub fn on_state(&self, f: impl FnMut(&LinkState) + Send + 'static) -> Subscription {
         let id = self.shared.registry.add_state(Box::new(f));
-        Subscription { id, registry: Arc::downgrade(&self.shared.registry) }
+        Subscription {
+            id,
+            registry: Arc::downgrade(&self.shared.registry),
+        }
     }
 
     /// The link's state now.
@@ -595,7 +674,10 @@ impl Client {
     /// the client's own subscriptions (a strong clone there would keep the
     /// link open until [`close`](Self::close)).
     pub fn downgrade(&self) -> WeakClient {
-        WeakClient { shared: Arc::downgrade(&self.shared), owner: Arc::downgrade(&self.owner) }
+        WeakClient {
+            shared: Arc::downgrade(&self.shared),
+            owner: Arc::downgrade(&self.owner),
+        }
     }
 }
 
@@ -609,7 +691,10 @@ pub struct WeakClient {
 impl WeakClient {
     /// The client, if it is still alive.
     pub fn upgrade(&self) -> Option<Client> {
-        Some(Client { shared: self.shared.upgrade()?, owner: self.owner.upgrade()? })
+        Some(Client {
+            shared: self.shared.upgrade()?,
+            owner: self.owner.upgrade()?,
+        })
     }
 }
 
@@ -663,15 +748,22 @@ impl Link {
     /// # Errors
     /// As [`Client::request`].
     pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
-        self.shared.request(Route::Login(self.conn), msg, None, timeout)
+        self.shared
+            .request(Route::Login(self.conn), msg, None, timeout)
     }
 
     /// See [`Client::request_expect`], e.g. `userLogin` → `LoginOK` / `LoginError`.
     ///
     /// # Errors
     /// As [`Client::request`].
-    pub fn request_expect(&self, msg: impl Serialize, expect: Expect, timeout: Duration) -> Result<Message, Error> {
-        self.shared.request(Route::Login(self.conn), msg, Some(expect), timeout)
+    pub fn request_expect(
+        &self,
+        msg: impl Serialize,
+        expect: Expect,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.shared
+            .request(Route::Login(self.conn), msg, Some(expect), timeout)
     }
 
     /// Counters of the client, e.g. to tell a first login from a re-login.

@@ -50,12 +50,22 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("url", &redact_url(&self.url))
-            .field("headers", &self.headers.iter().map(|(k, _)| (k.as_str(), "<redacted>")).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| (k.as_str(), "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
             .field("header_fn", &self.header_fn.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
-            .field("app_heartbeat", &self.app_heartbeat.as_ref().map(|(_, reply)| reply))
+            .field(
+                "app_heartbeat",
+                &self.app_heartbeat.as_ref().map(|(_, reply)| reply),
+            )
             .field("backoff", &self.backoff)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("outbox_max_bytes", &self.outbox_max_bytes)
@@ -93,7 +103,9 @@ pub struct ClientBuilder {
 
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientBuilder").field("config", &self.cfg).finish()
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.cfg)
+            .finish()
     }
 }
 
@@ -148,7 +160,10 @@ impl ClientBuilder {
     /// Produces headers at every connect, after the fixed ones: for tokens
     /// that are refreshed. Runs on the I/O thread, so keep it quick.
     /// Defaults to none.
-    pub fn headers_with(mut self, f: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static) -> Self {
+    pub fn headers_with(
+        mut self,
+        f: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static,
+    ) -> Self {
         self.cfg.header_fn = Some(Arc::new(f));
         self
     }
@@ -181,7 +196,11 @@ impl ClientBuilder {
     /// prove liveness like any frame and are not dispatched to subscribers
     /// (see [`app_heartbeat_dispatch`](Self::app_heartbeat_dispatch)).
     /// Defaults to off.
-    pub fn app_heartbeat(mut self, payload: impl Serialize, reply_operator: impl Into<String>) -> Self {
+    pub fn app_heartbeat(
+        mut self,
+        payload: impl Serialize,
+        reply_operator: impl Into<String>,
+    ) -> Self {
         match serde_json::to_value(payload) {
             Ok(v) => match crate::message::encode(v, &self.cfg.operator_field) {
                 Ok((text, _)) => self.cfg.app_heartbeat = Some((text, reply_operator.into())),
@@ -262,7 +281,10 @@ impl ClientBuilder {
     /// the only ones written while it runs. `Ok` opens the link; an error
     /// counts as a failed attempt (backoff); [`Error::fatal`] ends the link.
     /// Defaults to none.
-    pub fn on_open(mut self, hook: impl Fn(&Link) -> Result<(), Error> + Send + Sync + 'static) -> Self {
+    pub fn on_open(
+        mut self,
+        hook: impl Fn(&Link) -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Self {
         self.cfg.on_open = Some(Arc::new(hook));
         self
     }
@@ -350,7 +372,8 @@ impl ClientBuilder {
         #[cfg(not(feature = "native-tls"))]
         {
             let _ = pem;
-            self.problems.push("tls_root_certificate_pem needs the native-tls feature".into());
+            self.problems
+                .push("tls_root_certificate_pem needs the native-tls feature".into());
         }
         self
     }
@@ -367,12 +390,19 @@ impl ClientBuilder {
         let c = &self.cfg;
         match c.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
             Some(s) if s == "ws" || s == "wss" => {}
-            _ => self.problems.push(format!("url {} must start with ws:// or wss://", redact_url(&c.url))),
+            _ => self.problems.push(format!(
+                "url {} must start with ws:// or wss://",
+                redact_url(&c.url)
+            )),
         }
         match c.url.parse::<tungstenite::http::Uri>() {
             Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {}
-            Ok(_) => self.problems.push(format!("url {} has no host", redact_url(&c.url))),
-            Err(_) => self.problems.push(format!("url {} is not a valid URL", redact_url(&c.url))),
+            Ok(_) => self
+                .problems
+                .push(format!("url {} has no host", redact_url(&c.url))),
+            Err(_) => self
+                .problems
+                .push(format!("url {} is not a valid URL", redact_url(&c.url))),
         }
         for (name, d) in [
             ("connect_timeout", c.connect_timeout),
@@ -382,11 +412,13 @@ impl ClientBuilder {
             ("request_timeout", c.request_timeout),
         ] {
             if d.is_zero() {
-                self.problems.push(format!("{name} must be greater than zero"));
+                self.problems
+                    .push(format!("{name} must be greater than zero"));
             }
         }
         if c.backoff.min > c.backoff.max {
-            self.problems.push("reconnect_min_delay must not exceed reconnect_max_delay".into());
+            self.problems
+                .push("reconnect_min_delay must not exceed reconnect_max_delay".into());
         }
         for (name, n) in [
             ("outbox_capacity", c.outbox_capacity),
@@ -396,16 +428,19 @@ impl ClientBuilder {
             ("read_buffer_size", c.read_buffer_size),
         ] {
             if n == 0 {
-                self.problems.push(format!("{name} must be greater than zero"));
+                self.problems
+                    .push(format!("{name} must be greater than zero"));
             }
         }
         if c.operator_field.is_empty() {
-            self.problems.push("operator_field must not be empty".into());
+            self.problems
+                .push("operator_field must not be empty".into());
         }
-        if let Some(f) = &c.correlation_field {
-            if f.is_empty() || *f == c.operator_field {
-                self.problems.push("correlation_field must be a non-empty field other than the operator".into());
-            }
+        if let Some(f) = &c.correlation_field
+            && (f.is_empty() || *f == c.operator_field)
+        {
+            self.problems
+                .push("correlation_field must be a non-empty field other than the operator".into());
         }
         if self.problems.is_empty() {
             Ok(self.cfg)
@@ -444,7 +479,10 @@ mod tests {
 
     #[test]
     fn urls_lose_credentials_and_query_in_logs() {
-        assert_eq!(redact_url("wss://u:p@h.example:8443/ws?token=abc"), "wss://h.example:8443/ws?<redacted>");
+        assert_eq!(
+            redact_url("wss://u:p@h.example:8443/ws?token=abc"),
+            "wss://h.example:8443/ws?<redacted>"
+        );
         assert_eq!(redact_url("ws://127.0.0.1:80/a"), "ws://127.0.0.1:80/a");
     }
 

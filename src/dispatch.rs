@@ -141,20 +141,32 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Event>) {
                 shared.dispatch_done();
             }
             Event::Invalid(f) => {
-                let handlers: Vec<_> = registry.read().invalid.iter().map(|(_, h)| h.clone()).collect();
+                let handlers: Vec<_> = registry
+                    .read()
+                    .invalid
+                    .iter()
+                    .map(|(_, h)| h.clone())
+                    .collect();
                 for h in handlers {
                     call(&h, &f, &shared.counters, "invalid-frame");
                 }
                 shared.dispatch_done();
             }
             Event::State(s) => {
-                let handlers: Vec<_> = registry.read().state.iter().map(|(_, h)| h.clone()).collect();
+                let handlers: Vec<_> = registry
+                    .read()
+                    .state
+                    .iter()
+                    .map(|(_, h)| h.clone())
+                    .collect();
                 for h in handlers {
                     call(&h, &s, &shared.counters, "state");
                 }
             }
             Event::Hook { conn } => {
-                let Some(hook) = shared.cfg.on_open.clone() else { continue };
+                let Some(hook) = shared.cfg.on_open.clone() else {
+                    continue;
+                };
                 let link = Link::new(shared.clone(), conn);
                 let result = match catch_unwind(AssertUnwindSafe(|| {
                     let _in_hook = link.enter_hook();

@@ -146,10 +146,14 @@ impl fmt::Display for Error {
             }
             Error::Remote(m) => write!(f, "server answered with error operator {:?}", m.operator()),
             Error::Connect { context, .. } => write!(f, "connection attempt failed: {context}"),
-            Error::Rejected { status } => write!(f, "server refused the WebSocket upgrade: HTTP {status}"),
+            Error::Rejected { status } => {
+                write!(f, "server refused the WebSocket upgrade: HTTP {status}")
+            }
             Error::Tls(_) => f.write_str("TLS handshake failed"),
             Error::Fatal(why) => write!(f, "link ended: {why}"),
-            Error::Unsent { messages } => write!(f, "closed with {} messages unsent", messages.len()),
+            Error::Unsent { messages } => {
+                write!(f, "closed with {} messages unsent", messages.len())
+            }
         }
     }
 }
@@ -172,8 +176,17 @@ mod tests {
     #[test]
     fn refused_messages_are_handed_back() {
         let m = serde_json::json!({"Operator": "X"});
-        assert_eq!(Error::OutboxFull { message: m.clone() }.into_message(), Some(m.clone()));
-        assert_eq!(Error::Closed { message: Some(m.clone()) }.into_message(), Some(m));
+        assert_eq!(
+            Error::OutboxFull { message: m.clone() }.into_message(),
+            Some(m.clone())
+        );
+        assert_eq!(
+            Error::Closed {
+                message: Some(m.clone())
+            }
+            .into_message(),
+            Some(m)
+        );
         assert_eq!(Error::ConnectionLost.into_message(), None);
     }
 

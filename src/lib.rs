@@ -1,4 +1,112 @@
-//! longlink (docs written below)
+//! # longlink
+//!
+//! A synchronous, runtime-free WebSocket client that keeps **one link alive
+//! for good**, so that application code can act as if it never breaks:
+//! heartbeat, dead-peer detection, reconnect with backoff, re-login, an
+//! ordered outbox, operator subscriptions and blocking request/reply. No
+//! async runtime: one I/O thread owns the socket, callers hold a cloneable
+//! blocking handle.
+//!
+//! Messages are JSON objects with an operator field, in the style of
+//! mini-program backends: `{"Operator": "LoginOK", "openId": "…"}`.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use longlink::{Client, Expect};
+//! use serde_json::json;
+//!
+//! let client = Client::builder("wss://example.com/ws")
+//!     .heartbeat_interval(Duration::from_secs(25))
+//!     .app_heartbeat(json!({"Operator": "Heart"}), "HeartOK")
+//!     // Runs after every (re)connect, before anything buffered is sent.
+//!     .on_open(|link| {
+//!         link.request_expect(
+//!             json!({"Operator": "userLogin", "userCode": "abc"}),
+//!             Expect::reply("LoginOK").or_error("LoginError"),
+//!             Duration::from_secs(5),
+//!         )
+//!         .map(drop)
+//!     })
+//!     .connect()?;
+//!
+//! let _sub = client.on("LoginOK", |msg| println!("logged in as {}", msg.value()["openId"]));
+//! client.on_state(|s| println!("link is {s:?}"));
+//! client.send(json!({"Operator": "CreateInvitation", "Table": "hi"}))?; // queued, never lost silently
+//! let page = client.request(json!({"Operator": "GetInvitation", "limt": 10}), Duration::from_secs(5))?;
+//! println!("{}", page.value()["data"]);
+//! client.close(Duration::from_secs(2))?;
+//! # Ok::<(), longlink::Error>(())
+//! ```
+//!
+//! ## Threading model
+//!
+//! Each [`Client`] has two threads:
+//!
+//! - the **I/O thread** owns the socket alone. It sleeps in a readiness
+//!   poller (epoll/kqueue/IOCP) until the socket is ready, a caller wakes
+//!   it, or the next timer is due: an idle link costs no wake-ups between
+//!   heartbeats. It batches writes (many frames, one flush), reads until the
+//!   socket is empty, runs the heartbeat, reconnects and flushes the outbox.
+//! - the **dispatcher thread** runs all user code: subscriber closures,
+//!   state callbacks and the `on_open` hook, one at a time, in arrival
+//!   order. A panic there is caught and counted in [`Stats::handler_panics`].
+//!
+//! A clone of `Client` shares the link, the outbox and the subscriptions.
+//! `Client` is `Send + Sync`; every method may be called from any thread.
+//! A slow closure delays only later closures. When the dispatcher's queue is
+//! full ([`ClientBuilder::dispatch_capacity`]) the I/O thread stops reading
+//! (TCP backpressure) rather than growing memory; that pause never counts as
+//! a dead peer. Replies to [`Client::request`] go straight from the I/O
+//! thread to the waiting caller, so a closure may make requests.
+//!
+//! A closure stored in the client's own subscriptions that holds a strong
+//! `Client` keeps the link alive until [`Client::close`]; hold a
+//! [`WeakClient`] ([`Client::downgrade`]) there instead. When the last
+//! `Client` is dropped, the link closes as `close` does.
+//!
+//! ## Reconnect, re-login and the outbox
+//!
+//! - Any inbound frame proves the peer alive. After
+//!   [`heartbeat_interval`](ClientBuilder::heartbeat_interval) of silence a
+//!   ping goes out; with no frame within
+//!   [`heartbeat_timeout`](ClientBuilder::heartbeat_timeout) the link is
+//!   declared dead — also when the peer vanished without a FIN.
+//! - A link that was up for 5 s is retried at once when it drops; then the
+//!   delay grows ×2 from 500 ms to 30 s with jitter. A server Close frame
+//!   (code 1000 included) is a drop like any other: only
+//!   [`Client::close`] stops the link.
+//! - After each handshake the [`on_open`](ClientBuilder::on_open) hook runs
+//!   (e.g. log in with a cached session id); only its own messages are
+//!   written until it returns `Ok`.
+//! - [`Client::send`] puts the message in the outbox: it leaves in the order
+//!   accepted, across any number of reconnects. The outbox is bounded
+//!   (10,000 messages, 8 MiB); when full, `send` hands the message back
+//!   ([`Overflow`] lists the other policies).
+//! - Delivery is *at most once*: a message written into a socket that then
+//!   died may be lost, and is counted in [`Stats::possibly_lost`]. A
+//!   WebSocket pong proves the server's WebSocket layer read everything
+//!   written before the ping, so only frames written since the last answered
+//!   ping are counted; a clean close confirms everything.
+//! - A request whose link dies after it was written fails with
+//!   [`Error::ConnectionLost`]: the outcome is unknown.
+//!
+//! ## Features
+//!
+//! - `native-tls` (default): `wss://` through the platform's TLS; supports
+//!   [`ClientBuilder::tls_root_certificate_pem`].
+//! - `rustls`: `wss://` through rustls and the webpki roots, used when
+//!   `native-tls` is off.
+//!
+//! ## Logging
+//!
+//! Through the `log` crate. `info`: connects, drops and their reasons,
+//! backoff delays. `warn`: failed attempts, giving up, unsent messages at
+//! close, disabled certificate checks. `debug`: state changes, heartbeats,
+//! invalid frames (by size, not content). Header values, URL queries and
+//! message payloads are never logged.
+
 mod backoff;
 mod client;
 mod config;

@@ -35,7 +35,14 @@ pub(crate) struct Liveness {
 
 impl Liveness {
     pub(crate) fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
-        Liveness { interval, timeout, last_in: now, last_out: now, probe: None, misses: 0 }
+        Liveness {
+            interval,
+            timeout,
+            last_in: now,
+            last_out: now,
+            probe: None,
+            misses: 0,
+        }
     }
 
     /// Any inbound frame: data, ping, pong or close.
@@ -110,7 +117,10 @@ mod tests {
         assert_eq!(l.check(t0 + I), Verdict::Probe);
         l.on_probe_sent(t0 + I);
         assert_eq!(l.next_deadline(), t0 + I + T);
-        assert_eq!(l.check(t0 + I + T - Duration::from_millis(1)), Verdict::Alive);
+        assert_eq!(
+            l.check(t0 + I + T - Duration::from_millis(1)),
+            Verdict::Alive
+        );
         assert_eq!(l.check(t0 + I + T), Verdict::Dead);
         assert_eq!(l.misses(), 1);
     }

@@ -27,7 +27,13 @@ struct Inner {
 
 impl Message {
     pub(crate) fn new(operator: String, value: Value, len: usize) -> Self {
-        Message { inner: Arc::new(Inner { operator, value, len }) }
+        Message {
+            inner: Arc::new(Inner {
+                operator,
+                value,
+                len,
+            }),
+        }
     }
 
     /// The operator, e.g. `"LoginOK"`.
@@ -117,7 +123,12 @@ impl fmt::Debug for InvalidFrame {
 pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), Error> {
     let op = match operator_of(&value, op_field) {
         Ok(op) => op.to_owned(),
-        Err(reason) => return Err(Error::InvalidMessage { reason, message: value }),
+        Err(reason) => {
+            return Err(Error::InvalidMessage {
+                reason,
+                message: value,
+            });
+        }
     };
     match serde_json::to_string(&value) {
         Ok(text) => Ok((text, op)),
@@ -131,7 +142,10 @@ pub(crate) fn decode(text: String, op_field: &str) -> Result<Message, InvalidFra
     let value: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            return Err(InvalidFrame::Text { text, reason: format!("not JSON: {e}") });
+            return Err(InvalidFrame::Text {
+                text,
+                reason: format!("not JSON: {e}"),
+            });
         }
     };
     match operator_of(&value, op_field) {
@@ -153,7 +167,10 @@ fn operator_of<'a>(value: &'a Value, op_field: &str) -> Result<&'a str, String> 
 fn operator_in<'a>(map: &'a Map<String, Value>, op_field: &str) -> Result<&'a str, String> {
     match map.get(op_field) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("field {op_field:?} is {} and not a string", kind(other))),
+        Some(other) => Err(format!(
+            "field {op_field:?} is {} and not a string",
+            kind(other)
+        )),
         None => Err(format!("no {op_field:?} field")),
     }
 }
@@ -186,7 +203,10 @@ mod tests {
         for (v, why) in [
             (json!([1, 2]), "not a JSON object but an array"),
             (json!({"op": "X"}), "no \"Operator\" field"),
-            (json!({"Operator": 5}), "field \"Operator\" is a number and not a string"),
+            (
+                json!({"Operator": 5}),
+                "field \"Operator\" is a number and not a string",
+            ),
         ] {
             match encode(v.clone(), "Operator") {
                 Err(Error::InvalidMessage { reason, message }) => {
@@ -213,14 +233,26 @@ mod tests {
 
     #[test]
     fn bad_frames_are_described_never_panicked_on() {
-        for text in ["", "not json", "[1]", "\"s\"", "{\"Operator\":null}", "{}", "{\"Operator\":"] {
+        for text in [
+            "",
+            "not json",
+            "[1]",
+            "\"s\"",
+            "{\"Operator\":null}",
+            "{}",
+            "{\"Operator\":",
+        ] {
             assert!(decode(text.into(), "Operator").is_err(), "{text:?}");
         }
     }
 
     #[test]
     fn debug_never_shows_the_payload() {
-        let m = decode(r#"{"Operator":"LoginOK","token":"s3cret"}"#.into(), "Operator").unwrap();
+        let m = decode(
+            r#"{"Operator":"LoginOK","token":"s3cret"}"#.into(),
+            "Operator",
+        )
+        .unwrap();
         assert!(!format!("{m:?}").contains("s3cret"));
         let bad = decode(r#"{"token":"s3cret"}"#.into(), "Operator").unwrap_err();
         assert!(!format!("{bad:?}").contains("s3cret"));

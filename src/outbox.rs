@@ -108,12 +108,14 @@ impl Budget {
 
     pub(crate) fn is_over(&self) -> bool {
         let count = self.count.load(Ordering::Acquire);
-        count > self.max_count
-            || (count > 1 && self.bytes.load(Ordering::Acquire) > self.max_bytes)
+        count > self.max_count || (count > 1 && self.bytes.load(Ordering::Acquire) > self.max_bytes)
     }
 
     pub(crate) fn depth(&self) -> (usize, usize) {
-        (self.count.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire))
+        (
+            self.count.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
     }
 }
 

@@ -61,7 +61,10 @@ impl<W> Default for Pending<W> {
 
 impl<W> Pending<W> {
     pub(crate) fn insert(&mut self, key: Key, waiter: W, now: Instant, deadline: Instant) {
-        let forget_at = deadline + deadline.saturating_duration_since(now).max(Duration::from_secs(1));
+        let forget_at = deadline
+            + deadline
+                .saturating_duration_since(now)
+                .max(Duration::from_secs(1));
         self.inserts += 1;
         match key {
             Key::Operator { reply, errors } => {
@@ -73,13 +76,26 @@ impl<W> Pending<W> {
                 }
                 let queue = self.by_reply.entry(reply).or_default();
                 prune_front(queue, now);
-                queue.push_back(Entry { waiter, deadline, forget_at, errors });
+                queue.push_back(Entry {
+                    waiter,
+                    deadline,
+                    forget_at,
+                    errors,
+                });
             }
             Key::Id(id) => {
-                if self.inserts % 1024 == 0 {
+                if self.inserts.is_multiple_of(1024) {
                     self.by_id.retain(|_, e| e.forget_at > now);
                 }
-                self.by_id.insert(id, Entry { waiter, deadline, forget_at, errors: Vec::new() });
+                self.by_id.insert(
+                    id,
+                    Entry {
+                        waiter,
+                        deadline,
+                        forget_at,
+                        errors: Vec::new(),
+                    },
+                );
             }
         }
     }
@@ -87,11 +103,17 @@ impl<W> Pending<W> {
     /// Offer an inbound message with operator `op` and correlation `id`.
     /// `is_error_op` tells whether `op` is an error reply by naming convention
     /// (used for id-matched replies).
-    pub(crate) fn offer(&mut self, op: &str, id: Option<u64>, is_error_op: bool, now: Instant) -> Matched<W> {
-        if let Some(id) = id {
-            if let Some(e) = self.by_id.remove(&id) {
-                return deliver(e, is_error_op, now);
-            }
+    pub(crate) fn offer(
+        &mut self,
+        op: &str,
+        id: Option<u64>,
+        is_error_op: bool,
+        now: Instant,
+    ) -> Matched<W> {
+        if let Some(id) = id
+            && let Some(e) = self.by_id.remove(&id)
+        {
+            return deliver(e, is_error_op, now);
         }
         if let Some(queue) = self.by_reply.get_mut(op) {
             prune_front(queue, now);
@@ -101,13 +123,15 @@ impl<W> Pending<W> {
         }
         if let Some(replies) = self.by_error.get(op) {
             for reply in replies {
-                let Some(queue) = self.by_reply.get_mut(reply) else { continue };
+                let Some(queue) = self.by_reply.get_mut(reply) else {
+                    continue;
+                };
                 prune_front(queue, now);
                 // FIFO: the error answers the oldest request that accepts it.
-                if let Some(pos) = queue.iter().position(|e| e.errors.iter().any(|x| x == op)) {
-                    if let Some(e) = queue.remove(pos) {
-                        return deliver(e, true, now);
-                    }
+                if let Some(pos) = queue.iter().position(|e| e.errors.iter().any(|x| x == op))
+                    && let Some(e) = queue.remove(pos)
+                {
+                    return deliver(e, true, now);
                 }
             }
         }
@@ -120,7 +144,12 @@ impl<W> Pending<W> {
         for (_, q) in self.by_reply.drain() {
             out.extend(q.into_iter().filter(|e| e.deadline > now).map(|e| e.waiter));
         }
-        out.extend(self.by_id.drain().filter(|(_, e)| e.deadline > now).map(|(_, e)| e.waiter));
+        out.extend(
+            self.by_id
+                .drain()
+                .filter(|(_, e)| e.deadline > now)
+                .map(|(_, e)| e.waiter),
+        );
         self.by_error.clear();
         out
     }
@@ -132,7 +161,14 @@ impl<W> Pending<W> {
 }
 
 fn deliver<W>(e: Entry<W>, error: bool, now: Instant) -> Matched<W> {
-    if now >= e.deadline { Matched::Late } else { Matched::Reply { waiter: e.waiter, error } }
+    if now >= e.deadline {
+        Matched::Late
+    } else {
+        Matched::Reply {
+            waiter: e.waiter,
+            error,
+        }
+    }
 }
 
 fn prune_front<W>(queue: &mut VecDeque<Entry<W>>, now: Instant) {
@@ -146,7 +182,10 @@ mod tests {
     use super::*;
 
     fn by_name(reply: &str, err: &str) -> Key {
-        Key::Operator { reply: reply.into(), errors: vec![err.into()] }
+        Key::Operator {
+            reply: reply.into(),
+            errors: vec![err.into()],
+        }
     }
 
     #[test]
@@ -160,7 +199,10 @@ mod tests {
         let got: Vec<_> = (0..3).map(|_| p.offer("GetOK", None, false, t)).collect();
         assert_eq!(
             got,
-            [1, 2, 3].map(|waiter| Matched::Reply { waiter, error: false })
+            [1, 2, 3].map(|waiter| Matched::Reply {
+                waiter,
+                error: false
+            })
         );
         assert_eq!(p.offer("GetOK", None, false, t), Matched::None);
     }
@@ -170,11 +212,31 @@ mod tests {
         let t = Instant::now();
         let d = t + Duration::from_secs(10);
         let mut p = Pending::default();
-        p.insert(Key::Operator { reply: "LoginOK".into(), errors: vec!["LoginError".into(), "BanLogin".into()] }, 1, t, d);
+        p.insert(
+            Key::Operator {
+                reply: "LoginOK".into(),
+                errors: vec!["LoginError".into(), "BanLogin".into()],
+            },
+            1,
+            t,
+            d,
+        );
         p.insert(by_name("LoginOK", "LoginError"), 2, t, d);
-        assert_eq!(p.offer("BanLogin", None, false, t), Matched::Reply { waiter: 1, error: true });
+        assert_eq!(
+            p.offer("BanLogin", None, false, t),
+            Matched::Reply {
+                waiter: 1,
+                error: true
+            }
+        );
         assert_eq!(p.offer("BanLogin", None, false, t), Matched::None);
-        assert_eq!(p.offer("LoginError", None, false, t), Matched::Reply { waiter: 2, error: true });
+        assert_eq!(
+            p.offer("LoginError", None, false, t),
+            Matched::Reply {
+                waiter: 2,
+                error: true
+            }
+        );
         assert_eq!(p.len(), 0);
     }
 
@@ -186,8 +248,20 @@ mod tests {
         for id in 1..=3u64 {
             p.insert(Key::Id(id), id, t, d);
         }
-        assert_eq!(p.offer("XOK", Some(3), false, t), Matched::Reply { waiter: 3, error: false });
-        assert_eq!(p.offer("XError", Some(1), true, t), Matched::Reply { waiter: 1, error: true });
+        assert_eq!(
+            p.offer("XOK", Some(3), false, t),
+            Matched::Reply {
+                waiter: 3,
+                error: false
+            }
+        );
+        assert_eq!(
+            p.offer("XError", Some(1), true, t),
+            Matched::Reply {
+                waiter: 1,
+                error: true
+            }
+        );
         assert_eq!(p.offer("XOK", Some(9), false, t), Matched::None);
         assert_eq!(p.len(), 1);
     }
@@ -196,21 +270,53 @@ mod tests {
     fn late_reply_is_swallowed_by_its_ghost_not_given_to_the_next_caller() {
         let t = Instant::now();
         let mut p = Pending::default();
-        p.insert(by_name("GetOK", "GetError"), 1, t, t + Duration::from_secs(5));
+        p.insert(
+            by_name("GetOK", "GetError"),
+            1,
+            t,
+            t + Duration::from_secs(5),
+        );
         let later = t + Duration::from_secs(6);
-        p.insert(by_name("GetOK", "GetError"), 2, later, later + Duration::from_secs(5));
+        p.insert(
+            by_name("GetOK", "GetError"),
+            2,
+            later,
+            later + Duration::from_secs(5),
+        );
         assert_eq!(p.offer("GetOK", None, false, later), Matched::Late);
-        assert_eq!(p.offer("GetOK", None, false, later), Matched::Reply { waiter: 2, error: false });
+        assert_eq!(
+            p.offer("GetOK", None, false, later),
+            Matched::Reply {
+                waiter: 2,
+                error: false
+            }
+        );
     }
 
     #[test]
     fn ghosts_are_forgotten_after_as_long_again_as_their_timeout() {
         let t = Instant::now();
         let mut p = Pending::default();
-        p.insert(by_name("GetOK", "GetError"), 1, t, t + Duration::from_secs(5));
+        p.insert(
+            by_name("GetOK", "GetError"),
+            1,
+            t,
+            t + Duration::from_secs(5),
+        );
         let much_later = t + Duration::from_secs(11);
-        p.insert(by_name("GetOK", "GetError"), 2, much_later, much_later + Duration::from_secs(5));
-        assert_eq!(p.offer("GetOK", None, false, much_later), Matched::Reply { waiter: 2, error: false });
+        p.insert(
+            by_name("GetOK", "GetError"),
+            2,
+            much_later,
+            much_later + Duration::from_secs(5),
+        );
+        assert_eq!(
+            p.offer("GetOK", None, false, much_later),
+            Matched::Reply {
+                waiter: 2,
+                error: false
+            }
+        );
     }
 
     #[test]

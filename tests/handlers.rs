@@ -17,15 +17,27 @@ fn handlers_run_in_registration_order_and_unsubscribe_works() {
     let client = Client::builder(server.url()).connect().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let (a, b, c) = (log.clone(), log.clone(), log.clone());
-    let first = client.on("News", move |m| a.lock().unwrap().push(format!("1:{}", m.get("n").unwrap())));
-    let _second = client.on("News", move |m| b.lock().unwrap().push(format!("2:{}", m.get("n").unwrap())));
+    let first = client.on("News", move |m| {
+        a.lock().unwrap().push(format!("1:{}", m.get("n").unwrap()))
+    });
+    let _second = client.on("News", move |m| {
+        b.lock().unwrap().push(format!("2:{}", m.get("n").unwrap()))
+    });
     let _any = client.on_any(move |m| c.lock().unwrap().push(format!("any:{}", m.operator())));
     server.push(json!({"Operator": "News", "n": 1}));
     server.push(json!({"Operator": "Other"}));
-    assert!(wait_until(Duration::from_secs(5), || log.lock().unwrap().len() == 3));
+    assert!(wait_until(Duration::from_secs(5), || log
+        .lock()
+        .unwrap()
+        .len()
+        == 3));
     assert!(first.unsubscribe());
     server.push(json!({"Operator": "News", "n": 2}));
-    assert!(wait_until(Duration::from_secs(5), || log.lock().unwrap().len() == 4));
+    assert!(wait_until(Duration::from_secs(5), || log
+        .lock()
+        .unwrap()
+        .len()
+        == 4));
     assert_eq!(*log.lock().unwrap(), ["1:1", "2:1", "any:Other", "2:2"]);
     client.close(Duration::from_secs(1)).unwrap();
 }
@@ -38,13 +50,33 @@ fn invalid_frames_reach_their_handler_and_never_harm_the_link() {
     let bad = Arc::new(Mutex::new(Vec::new()));
     let b = bad.clone();
     let _sub = client.on_invalid(move |f| b.lock().unwrap().push(f.clone()));
-    for v in [json!([1, 2]), json!({"no": "operator"}), json!({"Operator": 7}), json!("text")] {
+    for v in [
+        json!([1, 2]),
+        json!({"no": "operator"}),
+        json!({"Operator": 7}),
+        json!("text"),
+    ] {
         server.push(v);
     }
-    assert!(wait_until(Duration::from_secs(5), || bad.lock().unwrap().len() == 4));
-    assert!(bad.lock().unwrap().iter().all(|f| matches!(f, InvalidFrame::Text { .. })));
+    assert!(wait_until(Duration::from_secs(5), || bad
+        .lock()
+        .unwrap()
+        .len()
+        == 4));
+    assert!(
+        bad.lock()
+            .unwrap()
+            .iter()
+            .all(|f| matches!(f, InvalidFrame::Text { .. }))
+    );
     assert_eq!(client.stats().invalid_frames, 4);
-    assert_eq!(client.request(json!({"Operator": "Still"}), Duration::from_secs(5)).unwrap().operator(), "StillOK");
+    assert_eq!(
+        client
+            .request(json!({"Operator": "Still"}), Duration::from_secs(5))
+            .unwrap()
+            .operator(),
+        "StillOK"
+    );
     assert_eq!(client.stats().connects, 1);
     client.close(Duration::from_secs(1)).unwrap();
 }
@@ -60,9 +92,18 @@ fn panicking_handler_is_counted_and_the_link_keeps_working() {
     let _after = client.on("After", move |_| *a.lock().unwrap() += 1);
     server.push(json!({"Operator": "Boom"}));
     server.push(json!({"Operator": "After"}));
-    assert!(wait_until(Duration::from_secs(5), || *after.lock().unwrap() == 1));
+    assert!(wait_until(Duration::from_secs(5), || *after
+        .lock()
+        .unwrap()
+        == 1));
     assert_eq!(client.stats().handler_panics, 1);
-    assert_eq!(client.request(json!({"Operator": "Still"}), Duration::from_secs(5)).unwrap().operator(), "StillOK");
+    assert_eq!(
+        client
+            .request(json!({"Operator": "Still"}), Duration::from_secs(5))
+            .unwrap()
+            .operator(),
+        "StillOK"
+    );
     client.close(Duration::from_secs(1)).unwrap();
 }
 
@@ -79,8 +120,14 @@ fn handler_that_makes_a_request_does_not_deadlock() {
         *g.lock().unwrap() = Some(r.map(|m| m.operator().to_owned()));
     });
     server.push(json!({"Operator": "Invite"}));
-    assert!(wait_until(Duration::from_secs(5), || got.lock().unwrap().is_some()));
-    assert_eq!(got.lock().unwrap().take().unwrap().unwrap(), "GetInvitationOK");
+    assert!(wait_until(Duration::from_secs(5), || got
+        .lock()
+        .unwrap()
+        .is_some()));
+    assert_eq!(
+        got.lock().unwrap().take().unwrap().unwrap(),
+        "GetInvitationOK"
+    );
     client.close(Duration::from_secs(1)).unwrap();
 }
 
@@ -92,7 +139,9 @@ fn reply_taken_by_a_request_is_not_dispatched_to_subscribers() {
     let seen = Arc::new(Mutex::new(0));
     let s = seen.clone();
     let _sub = client.on("AskOK", move |_| *s.lock().unwrap() += 1);
-    client.request(json!({"Operator": "Ask"}), Duration::from_secs(5)).unwrap();
+    client
+        .request(json!({"Operator": "Ask"}), Duration::from_secs(5))
+        .unwrap();
     // An unsolicited AskOK does reach the subscriber: proves it is listening.
     server.push(json!({"Operator": "AskOK"}));
     assert!(wait_until(Duration::from_secs(5), || *seen.lock().unwrap() == 1));
@@ -127,9 +176,16 @@ fn slow_handler_applies_backpressure_without_a_false_dead_verdict() {
     // link must stay up: not reading is our choice, not peer silence.
     std::thread::sleep(Duration::from_millis(500)); // observe, bounded
     assert_eq!(client.stats().connects, 1);
-    assert!(client.stats().messages_received <= 8 + 8, "{:?}", client.stats());
+    assert!(
+        client.stats().messages_received <= 8 + 8,
+        "{:?}",
+        client.stats()
+    );
     gate_tx.send(()).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || *count.lock().unwrap() == 200));
+    assert!(wait_until(Duration::from_secs(10), || *count
+        .lock()
+        .unwrap()
+        == 200));
     assert_eq!(client.stats().connects, 1);
     client.close(Duration::from_secs(1)).unwrap();
 }

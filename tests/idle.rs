@@ -15,11 +15,24 @@ fn io_thread_switches() -> u64 {
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         if comm.trim() == "longlink-io" {
             let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches")).unwrap();
-            found.push(line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap());
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches"))
+                .unwrap();
+            found.push(
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
         }
     }
-    assert_eq!(found.len(), 1, "expected exactly one I/O thread in this test process");
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one I/O thread in this test process"
+    );
     found[0]
 }
 
@@ -28,7 +41,10 @@ fn idle_io_thread_wakes_only_for_heartbeats() {
     init_log();
     let server = Server::start();
     // Part 1: no heartbeat due within the window: no wake-up at all.
-    let client = Client::builder(server.url()).heartbeat_interval(Duration::from_secs(25)).connect().unwrap();
+    let client = Client::builder(server.url())
+        .heartbeat_interval(Duration::from_secs(25))
+        .connect()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300)); // let the connect settle (observation only)
     let before = io_thread_switches();
     std::thread::sleep(Duration::from_secs(2));
@@ -37,13 +53,19 @@ fn idle_io_thread_wakes_only_for_heartbeats() {
     client.close(Duration::from_secs(1)).unwrap();
 
     // Part 2: a heartbeat every 400 ms: a wake for the ping, one for the pong.
-    let client = Client::builder(server.url()).heartbeat_interval(Duration::from_millis(400)).connect().unwrap();
+    let client = Client::builder(server.url())
+        .heartbeat_interval(Duration::from_millis(400))
+        .connect()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before = io_thread_switches();
     std::thread::sleep(Duration::from_secs(2));
     let woke = io_thread_switches() - before;
     let heartbeats = 2000 / 400 + 1;
-    assert!(woke <= 2 * heartbeats, "I/O thread woke {woke} times for {heartbeats} heartbeats");
+    assert!(
+        woke <= 2 * heartbeats,
+        "I/O thread woke {woke} times for {heartbeats} heartbeats"
+    );
     assert!(woke >= 2, "heartbeats did not run: {woke}");
     eprintln!("idle wake-ups: {idle} with no heartbeat due; {woke} for ~{heartbeats} heartbeats");
     client.close(Duration::from_secs(1)).unwrap();

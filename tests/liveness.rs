@@ -29,11 +29,16 @@ fn black_holed_peer_is_declared_dead_within_deadline_and_link_recovers() {
         let _ = tx.send((Instant::now(), s.clone()));
     });
     // Let it settle into an idle link that has exchanged a heartbeat.
-    assert!(wait_until(Duration::from_secs(3), || client.stats().last_rtt.is_some()));
+    assert!(wait_until(Duration::from_secs(3), || client
+        .stats()
+        .last_rtt
+        .is_some()));
     let start = Instant::now();
     proxy.blackhole();
     let dead_at = loop {
-        let (at, s) = rx.recv_timeout(Duration::from_secs(5)).expect("no state change after black hole");
+        let (at, s) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("no state change after black hole");
         if !matches!(s, LinkState::Open) {
             break at;
         }
@@ -41,11 +46,17 @@ fn black_holed_peer_is_declared_dead_within_deadline_and_link_recovers() {
     let took = dead_at - start;
     // Worst case: the last inbound frame came just before the black hole.
     let bound = interval + timeout + Duration::from_millis(100);
-    assert!(took <= bound, "declared dead after {took:?}, bound {bound:?}");
+    assert!(
+        took <= bound,
+        "declared dead after {took:?}, bound {bound:?}"
+    );
     assert!(client.stats().heartbeat_misses >= 1);
     proxy.restore();
-    assert!(wait_until(Duration::from_secs(10), || client.state() == LinkState::Open));
-    client.request(json!({"Operator": "Ping"}), Duration::from_secs(5)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client.state()
+        == LinkState::Open));
+    client
+        .request(json!({"Operator": "Ping"}), Duration::from_secs(5))
+        .unwrap();
     eprintln!("black hole detected after {took:?} (bound {bound:?})");
     client.close(Duration::from_secs(1)).unwrap();
 }
@@ -54,7 +65,10 @@ fn black_holed_peer_is_declared_dead_within_deadline_and_link_recovers() {
 fn idle_cutting_server_keeps_the_link_when_heartbeat_is_shorter() {
     init_log();
     let cut = Duration::from_millis(400);
-    let server = Server::start_with(ServerOpts { idle_cut: Some(cut), ..Default::default() });
+    let server = Server::start_with(ServerOpts {
+        idle_cut: Some(cut),
+        ..Default::default()
+    });
     let client = Client::builder(server.url())
         .heartbeat_interval(Duration::from_millis(150))
         .heartbeat_timeout(Duration::from_millis(500))
@@ -76,13 +90,19 @@ fn idle_cutting_server_does_cut_a_client_without_heartbeat() {
     // The control for the test above: the server really cuts idle links.
     init_log();
     let cut = Duration::from_millis(200);
-    let server = Server::start_with(ServerOpts { idle_cut: Some(cut), ..Default::default() });
+    let server = Server::start_with(ServerOpts {
+        idle_cut: Some(cut),
+        ..Default::default()
+    });
     let client = Client::builder(server.url())
         .heartbeat_interval(Duration::from_secs(60))
         .reconnect_min_delay(Duration::from_millis(10))
         .connect()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || client.stats().connects >= 2));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .connects
+        >= 2));
     client.close(Duration::from_secs(1)).unwrap();
 }
 
@@ -100,9 +120,15 @@ fn app_heartbeat_goes_with_the_ping_and_its_reply_is_not_dispatched() {
     let _sub = client.on_any(move |m| h.lock().unwrap().push(m.operator().to_owned()));
     let first = server.next_text(Duration::from_secs(5)).unwrap();
     assert_eq!(first["Operator"], "Heart");
-    assert!(wait_until(Duration::from_secs(5), || client.stats().messages_received >= 2));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .messages_received
+        >= 2));
     client.send(json!({"Operator": "Visible"})).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || heard.lock().unwrap().contains(&"VisibleOK".to_owned())));
+    assert!(wait_until(Duration::from_secs(5), || heard
+        .lock()
+        .unwrap()
+        .contains(&"VisibleOK".to_owned())));
     assert!(!heard.lock().unwrap().iter().any(|op| op == "HeartOK"));
     client.close(Duration::from_secs(1)).unwrap();
 }
@@ -120,7 +146,10 @@ fn reconnect_now_skips_a_long_backoff() {
         .unwrap();
     // A flapping link (up < 5 s) backs off for at least a minute.
     proxy.cut();
-    assert!(wait_until(Duration::from_secs(5), || matches!(client.state(), LinkState::Backoff { .. })));
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        client.state(),
+        LinkState::Backoff { .. }
+    )));
     match client.state() {
         LinkState::Backoff { delay, .. } => assert!(delay >= Duration::from_secs(60)),
         other => panic!("{other:?}"),
@@ -142,7 +171,10 @@ fn server_close_frame_with_1000_leads_to_reconnect() {
         .connect()
         .unwrap();
     server.kick_all();
-    assert!(wait_until(Duration::from_secs(5), || client.stats().connects >= 2));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .connects
+        >= 2));
     assert!(wait_until(Duration::from_secs(5), || client.state() == LinkState::Open));
     client.close(Duration::from_secs(1)).unwrap();
 }

@@ -35,7 +35,9 @@ fn login_runs_before_any_buffered_message_on_every_reconnect() {
             l.fetch_add(1, Ordering::SeqCst);
             let ok = link.request_expect(
                 json!({"Operator": "userLogin", "userCode": "c"}),
-                Expect::reply("LoginOK").or_error("LoginError").or_error("BanLogin"),
+                Expect::reply("LoginOK")
+                    .or_error("LoginError")
+                    .or_error("BanLogin"),
                 Duration::from_secs(5),
             )?;
             assert_eq!(ok.get("openId"), Some(&json!("o-1")));
@@ -48,9 +50,14 @@ fn login_runs_before_any_buffered_message_on_every_reconnect() {
         // Buffer messages while the link is down, then let it come back.
         proxy.blackhole();
         proxy.cut();
-        assert!(wait_until(Duration::from_secs(5), || !matches!(client.state(), LinkState::Open)));
+        assert!(wait_until(Duration::from_secs(5), || !matches!(
+            client.state(),
+            LinkState::Open
+        )));
         for _ in 0..20 {
-            client.send(json!({"Operator": "FirePost", "seq": seq})).unwrap();
+            client
+                .send(json!({"Operator": "FirePost", "seq": seq}))
+                .unwrap();
             seq += 1;
         }
         proxy.restore();
@@ -62,7 +69,10 @@ fn login_runs_before_any_buffered_message_on_every_reconnect() {
             client.stats()
         );
     }
-    assert!(wait_until(Duration::from_secs(5), || client.stats().messages_sent >= 100 + 6));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .messages_sent
+        >= 100 + 6));
     client.close(Duration::from_secs(2)).unwrap();
     // On every connection, the first message is the login.
     let mut first: std::collections::HashMap<u64, String> = Default::default();
@@ -100,7 +110,10 @@ fn fatal_login_error_ends_the_link_with_the_reason() {
         })
         .connect()
         .unwrap_err();
-    assert!(matches!(&err, Error::Fatal(why) if why == "banned"), "{err:?}");
+    assert!(
+        matches!(&err, Error::Fatal(why) if why == "banned"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -117,14 +130,27 @@ fn failing_login_backs_off_and_state_says_so() {
         .unwrap();
     let s = states.clone();
     let _sub = client.on_state(move |st| s.lock().unwrap().push(st.clone()));
-    assert!(wait_until(Duration::from_secs(5), || matches!(client.state(), LinkState::Closed(_))));
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        client.state(),
+        LinkState::Closed(_)
+    )));
     match client.state() {
         LinkState::Closed(CloseReason::GaveUp { attempts, .. }) => assert_eq!(attempts, 3),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(client.stats().connects, 4);
-    assert!(client.send(json!({"Operator": "X"})).unwrap_err().is_closed());
+    assert!(
+        client
+            .send(json!({"Operator": "X"}))
+            .unwrap_err()
+            .is_closed()
+    );
     let _ = client.close(Duration::from_millis(100));
     let states = states.lock().unwrap();
-    assert!(states.iter().any(|s| matches!(s, LinkState::Backoff { .. })), "{states:?}");
+    assert!(
+        states
+            .iter()
+            .any(|s| matches!(s, LinkState::Backoff { .. })),
+        "{states:?}"
+    );
 }

@@ -22,7 +22,9 @@ fn ten_thousand_messages_arrive_in_order_through_twenty_cuts_and_resets() {
     std::thread::spawn(move || {
         while let Ok(s) = rx.recv_timeout(Duration::from_secs(120)) {
             if let Seen::Text(conn, v) = s {
-                sink.lock().unwrap().push((conn, v["seq"].as_u64().unwrap()));
+                sink.lock()
+                    .unwrap()
+                    .push((conn, v["seq"].as_u64().unwrap()));
             }
         }
     });
@@ -36,7 +38,9 @@ fn ten_thousand_messages_arrive_in_order_through_twenty_cuts_and_resets() {
     const N: u64 = 10_000;
     let mut faults = 0;
     for seq in 0..N {
-        client.send(json!({"Operator": "FireSeq", "seq": seq})).unwrap();
+        client
+            .send(json!({"Operator": "FireSeq", "seq": seq}))
+            .unwrap();
         if seq % 450 == 449 {
             // Break the link while the last messages are still in flight.
             wait_until(Duration::from_secs(5), || client.stats().outbox_depth < 50);
@@ -48,7 +52,10 @@ fn ten_thousand_messages_arrive_in_order_through_twenty_cuts_and_resets() {
             }
             faults += 1;
             // The next fault hits the next connection.
-            assert!(wait_until(Duration::from_secs(10), || client.stats().connects > connects));
+            assert!(wait_until(Duration::from_secs(10), || client
+                .stats()
+                .connects
+                > connects));
         }
     }
     assert!(faults >= 20, "only {faults} faults injected");
@@ -71,7 +78,12 @@ fn ten_thousand_messages_arrive_in_order_through_twenty_cuts_and_resets() {
     }
     let in_order: Vec<u64> = by_conn.values().flatten().copied().collect();
     for w in in_order.windows(2) {
-        assert!(w[0] < w[1], "out of order or duplicated: {} then {}", w[0], w[1]);
+        assert!(
+            w[0] < w[1],
+            "out of order or duplicated: {} then {}",
+            w[0],
+            w[1]
+        );
     }
     let got: HashSet<u64> = in_order.iter().copied().collect();
     let missing = N - got.len() as u64;

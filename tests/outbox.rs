@@ -30,9 +30,14 @@ fn full_outbox_hands_the_message_back() {
     for n in 0..3 {
         client.send(json!({"Operator": "Post", "n": n})).unwrap();
     }
-    let err = client.send(json!({"Operator": "Post", "n": 3})).unwrap_err();
+    let err = client
+        .send(json!({"Operator": "Post", "n": 3}))
+        .unwrap_err();
     assert!(err.is_full(), "{err:?}");
-    assert_eq!(err.into_message(), Some(json!({"Operator": "Post", "n": 3})));
+    assert_eq!(
+        err.into_message(),
+        Some(json!({"Operator": "Post", "n": 3}))
+    );
     assert_eq!(client.stats().outbox_depth, 3);
     let _ = client.close(Duration::from_millis(50));
 }
@@ -42,11 +47,18 @@ fn drop_oldest_keeps_the_newest_and_counts() {
     init_log();
     let (server, proxy, client) = offline_client(Overflow::DropOldest);
     for n in 0..10 {
-        client.send(json!({"Operator": "FirePost", "n": n})).unwrap();
+        client
+            .send(json!({"Operator": "FirePost", "n": n}))
+            .unwrap();
     }
-    assert!(wait_until(Duration::from_secs(5), || client.stats().dropped == 7));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .dropped
+        == 7));
     proxy.restore();
-    let got: Vec<_> = (0..3).map(|_| server.next_text(Duration::from_secs(10)).unwrap()["n"].clone()).collect();
+    let got: Vec<_> = (0..3)
+        .map(|_| server.next_text(Duration::from_secs(10)).unwrap()["n"].clone())
+        .collect();
     assert_eq!(got, [json!(7), json!(8), json!(9)]);
     client.close(Duration::from_secs(1)).unwrap();
 }
@@ -59,7 +71,9 @@ fn block_policy_waits_for_room_then_gives_up() {
         client.send(json!({"Operator": "Post", "n": n})).unwrap();
     }
     let started = std::time::Instant::now();
-    let err = client.send(json!({"Operator": "Post", "n": 3})).unwrap_err();
+    let err = client
+        .send(json!({"Operator": "Post", "n": 3}))
+        .unwrap_err();
     assert!(err.is_full());
     assert!(started.elapsed() >= Duration::from_millis(100));
     let _ = client.close(Duration::from_millis(50));
@@ -71,7 +85,9 @@ fn close_drains_the_outbox_when_open() {
     let server = Server::start();
     let client = Client::builder(server.url()).connect().unwrap();
     for n in 0..2000 {
-        client.send(json!({"Operator": "FirePost", "n": n})).unwrap();
+        client
+            .send(json!({"Operator": "FirePost", "n": n}))
+            .unwrap();
     }
     client.close(Duration::from_secs(5)).unwrap();
     let mut n = 0;
@@ -80,9 +96,23 @@ fn close_drains_the_outbox_when_open() {
         n += 1;
     }
     assert_eq!(n, 2000);
-    assert_eq!(client.stats().possibly_lost, 0, "the server's Close reply confirms everything");
-    assert!(client.send(json!({"Operator": "Late"})).unwrap_err().is_closed());
-    assert!(client.close(Duration::from_secs(1)).unwrap_err().is_closed());
+    assert_eq!(
+        client.stats().possibly_lost,
+        0,
+        "the server's Close reply confirms everything"
+    );
+    assert!(
+        client
+            .send(json!({"Operator": "Late"}))
+            .unwrap_err()
+            .is_closed()
+    );
+    assert!(
+        client
+            .close(Duration::from_secs(1))
+            .unwrap_err()
+            .is_closed()
+    );
 }
 
 #[test]
@@ -110,7 +140,10 @@ fn dropping_the_last_clone_closes_and_joins() {
     drop(client);
     other.send(json!({"Operator": "FireLast"})).unwrap();
     drop(other);
-    assert_eq!(server.next_text(Duration::from_secs(5)).unwrap()["Operator"], "FireLast");
+    assert_eq!(
+        server.next_text(Duration::from_secs(5)).unwrap()["Operator"],
+        "FireLast"
+    );
     assert!(wait_until(Duration::from_secs(5), || server.live() == 0));
 }
 
@@ -123,7 +156,9 @@ fn bad_messages_are_refused_with_a_clear_error() {
     assert!(matches!(err, Error::InvalidMessage { .. }), "{err:?}");
     let err = client.send(json!({"op": "x"})).unwrap_err();
     assert!(err.to_string().contains("Operator"), "{err}");
-    let err = client.request(json!({"Operator": 1}), Duration::from_secs(1)).unwrap_err();
+    let err = client
+        .request(json!({"Operator": 1}), Duration::from_secs(1))
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidMessage { .. }), "{err:?}");
     client.close(Duration::from_secs(1)).unwrap();
 }

@@ -18,9 +18,15 @@ fn hammer(client: &Client) {
             thread::spawn(move || {
                 for i in 0..1000u64 {
                     let n = t * 1_000_000 + i;
-                    let reply = client.request(json!({"Operator": "Echo", "n": n}), Duration::from_secs(20)).unwrap();
+                    let reply = client
+                        .request(json!({"Operator": "Echo", "n": n}), Duration::from_secs(20))
+                        .unwrap();
                     assert_eq!(reply.operator(), "EchoOK");
-                    assert_eq!(reply.get("n"), Some(&json!(n)), "reply went to the wrong caller");
+                    assert_eq!(
+                        reply.get("n"),
+                        Some(&json!(n)),
+                        "reply went to the wrong caller"
+                    );
                 }
             })
         })
@@ -48,7 +54,9 @@ fn eight_threads_of_a_thousand_requests_are_matched_by_correlation_id() {
     let held: Arc<std::sync::Mutex<Option<Value>>> = Arc::default();
     let quiet = held.clone();
     let server = Server::start_with(ServerOpts {
-        on_quiet: Some(Arc::new(move || quiet.lock().unwrap().take().into_iter().collect())),
+        on_quiet: Some(Arc::new(move || {
+            quiet.lock().unwrap().take().into_iter().collect()
+        })),
         handler: Some(Arc::new(move |v: &Value| {
             let reply = json!({"Operator": "EchoOK", "n": v["n"], "reqId": v["reqId"]});
             let mut h = held.lock().unwrap();
@@ -62,7 +70,10 @@ fn eight_threads_of_a_thousand_requests_are_matched_by_correlation_id() {
         })),
         ..Default::default()
     });
-    let client = Client::builder(server.url()).correlation_field("reqId").connect().unwrap();
+    let client = Client::builder(server.url())
+        .correlation_field("reqId")
+        .connect()
+        .unwrap();
     // A reply held with no partner goes out when the connection is quiet.
     hammer(&client);
     client.close(Duration::from_secs(1)).unwrap();
@@ -72,12 +83,17 @@ fn eight_threads_of_a_thousand_requests_are_matched_by_correlation_id() {
 fn error_reply_fails_the_request_with_the_message() {
     init_log();
     let server = Server::start_with(ServerOpts {
-        handler: Some(Arc::new(|_: &Value| vec![json!({"Operator": "CreateInvitationCommentError", "why": "closed"})])),
+        handler: Some(Arc::new(|_: &Value| {
+            vec![json!({"Operator": "CreateInvitationCommentError", "why": "closed"})]
+        })),
         ..Default::default()
     });
     let client = Client::builder(server.url()).connect().unwrap();
     let err = client
-        .request(json!({"Operator": "CreateInvitationComment", "id": 1}), Duration::from_secs(5))
+        .request(
+            json!({"Operator": "CreateInvitationComment", "id": 1}),
+            Duration::from_secs(5),
+        )
         .unwrap_err();
     let m = err.remote().expect("a remote error");
     assert_eq!(m.get("why"), Some(&json!("closed")));
@@ -91,7 +107,12 @@ fn unanswered_request_times_out_and_its_late_reply_is_not_misdelivered() {
     let proxy = Proxy::start(server.addr);
     let client = Client::builder(proxy.url()).connect().unwrap();
     proxy.delay(Duration::from_millis(300));
-    let err = client.request(json!({"Operator": "Slow", "n": 1}), Duration::from_millis(100)).unwrap_err();
+    let err = client
+        .request(
+            json!({"Operator": "Slow", "n": 1}),
+            Duration::from_millis(100),
+        )
+        .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     proxy.delay(Duration::ZERO);
     // The late SlowOK for n=1 arrives meanwhile; it must not answer n=2.
@@ -114,7 +135,9 @@ fn request_in_flight_fails_with_connection_lost_when_the_link_dies() {
         .unwrap();
     // The server never answers "Fire*"; cut the link while we wait.
     let c = client.clone();
-    let waiter = thread::spawn(move || c.request(json!({"Operator": "FireAndWait"}), Duration::from_secs(10)));
+    let waiter = thread::spawn(move || {
+        c.request(json!({"Operator": "FireAndWait"}), Duration::from_secs(10))
+    });
     support::wait_until(Duration::from_secs(5), || client.stats().messages_sent >= 1);
     proxy.reset();
     let err = waiter.join().unwrap().unwrap_err();
@@ -135,8 +158,11 @@ fn request_made_while_offline_waits_in_the_outbox() {
         .start()
         .unwrap();
     let c = client.clone();
-    let waiter = thread::spawn(move || c.request(json!({"Operator": "Later"}), Duration::from_secs(10)));
-    support::wait_until(Duration::from_secs(5), || client.stats().connect_failures >= 1);
+    let waiter =
+        thread::spawn(move || c.request(json!({"Operator": "Later"}), Duration::from_secs(10)));
+    support::wait_until(Duration::from_secs(5), || {
+        client.stats().connect_failures >= 1
+    });
     assert_eq!(client.stats().outbox_depth, 1);
     proxy.restore();
     assert_eq!(waiter.join().unwrap().unwrap().operator(), "LaterOK");

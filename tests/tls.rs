@@ -13,10 +13,18 @@ use support::{Server, ServerOpts, init_log, pki, tls_acceptor};
 fn wss_works_with_a_trusted_generated_ca() {
     init_log();
     let pki = pki();
-    let server = Server::start_with(ServerOpts { tls: Some(tls_acceptor(&pki)), ..Default::default() });
+    let server = Server::start_with(ServerOpts {
+        tls: Some(tls_acceptor(&pki)),
+        ..Default::default()
+    });
     let url = format!("wss://localhost:{}", server.addr.port());
-    let client = Client::builder(url).tls_root_certificate_pem(pki.ca_pem.as_bytes()).connect().unwrap();
-    let reply = client.request(json!({"Operator": "Secure"}), Duration::from_secs(5)).unwrap();
+    let client = Client::builder(url)
+        .tls_root_certificate_pem(pki.ca_pem.as_bytes())
+        .connect()
+        .unwrap();
+    let reply = client
+        .request(json!({"Operator": "Secure"}), Duration::from_secs(5))
+        .unwrap();
     assert_eq!(reply.operator(), "SecureOK");
     client.close(Duration::from_secs(1)).unwrap();
 }
@@ -25,13 +33,21 @@ fn wss_works_with_a_trusted_generated_ca() {
 fn wss_refuses_an_untrusted_certificate_with_a_clear_error() {
     init_log();
     let pki = pki();
-    let server = Server::start_with(ServerOpts { tls: Some(tls_acceptor(&pki)), ..Default::default() });
+    let server = Server::start_with(ServerOpts {
+        tls: Some(tls_acceptor(&pki)),
+        ..Default::default()
+    });
     let url = format!("wss://localhost:{}", server.addr.port());
     let started = std::time::Instant::now();
-    let err = Client::builder(url).connect_timeout(Duration::from_secs(5)).connect().unwrap_err();
+    let err = Client::builder(url)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .unwrap_err();
     assert!(matches!(err, Error::Tls(_)), "{err:?}");
     // A bad certificate is permanent: no retrying until the timeout.
     assert!(started.elapsed() < Duration::from_secs(4));
-    let cause = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
+    let cause = std::error::Error::source(&err)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     assert!(cause.contains("certificate"), "{cause}");
 }

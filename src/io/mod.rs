@@ -131,7 +131,11 @@ impl Conn {
         let want = (!self.paused, self.write_blocked);
         if want != self.interest {
             let ev = Ready::new(self.id as usize, want.0, want.1);
-            if self.poller.modify_with_mode(tcp(&self.ws), ev, PollMode::Level).is_ok() {
+            if self
+                .poller
+                .modify_with_mode(tcp(&self.ws), ev, PollMode::Level)
+                .is_ok()
+            {
                 self.interest = want;
             }
         }
@@ -230,7 +234,10 @@ impl Io {
                     Ok(()) => self.open(now),
                     Err(Error::Fatal(reason)) => {
                         log::warn!("longlink: on_open hook ended the link: {reason}");
-                        self.end(CloseReason::Fatal(reason.clone()), Some(Error::Fatal(reason)));
+                        self.end(
+                            CloseReason::Fatal(reason.clone()),
+                            Some(Error::Fatal(reason)),
+                        );
                     }
                     Err(e) => {
                         let reason = format!("on_open hook failed: {e}");
@@ -268,7 +275,9 @@ impl Io {
                 if old.reply.is_some() {
                     Counters::add(&self.shared.counters.dropped, 1);
                 }
-                fail_item(old, &self.shared, || Error::OutboxFull { message: Value::Null });
+                fail_item(old, &self.shared, || Error::OutboxFull {
+                    message: Value::Null,
+                });
             }
         }
     }
@@ -298,14 +307,20 @@ impl Io {
     fn connect(&mut self) {
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
-        self.set_state(LinkState::Connecting { attempt: self.backoff.failures() });
+        self.set_state(LinkState::Connecting {
+            attempt: self.backoff.failures(),
+        });
         let deadline = Instant::now() + cfg.connect_timeout;
         let result = transport::connect(cfg, deadline).and_then(|ws| {
             self.conn_ids += 1;
             let now = Instant::now();
             let live = Liveness::new(now, cfg.heartbeat_interval, cfg.heartbeat_timeout);
-            Conn::register(self.conn_ids, ws, self.shared.poller.clone(), live)
-                .map_err(|e| Error::Connect { context: "registering the socket".into(), source: Box::new(e) })
+            Conn::register(self.conn_ids, ws, self.shared.poller.clone(), live).map_err(|e| {
+                Error::Connect {
+                    context: "registering the socket".into(),
+                    source: Box::new(e),
+                }
+            })
         });
         match result {
             Ok(conn) => {
@@ -314,7 +329,9 @@ impl Io {
                 Counters::add(&self.shared.counters.connects, 1);
                 log::info!("longlink: connected to {}", redact_url(&cfg.url));
                 if cfg.on_open.is_some() {
-                    self.phase = Phase::LoggingIn { deadline: Instant::now() + cfg.login_timeout };
+                    self.phase = Phase::LoggingIn {
+                        deadline: Instant::now() + cfg.login_timeout,
+                    };
                     self.set_state(LinkState::LoggingIn);
                     let _ = self.dispatch.send(Event::Hook { conn: id });
                 } else {
@@ -323,7 +340,10 @@ impl Io {
             }
             Err(e) => {
                 Counters::add(&self.shared.counters.connect_failures, 1);
-                log::warn!("longlink: connecting to {} failed: {e}", redact_url(&cfg.url));
+                log::warn!(
+                    "longlink: connecting to {} failed: {e}",
+                    redact_url(&cfg.url)
+                );
                 if e.is_permanent(cfg.retry_rejections) {
                     self.end(CloseReason::Fatal(e.to_string()), Some(e));
                 } else {
@@ -353,7 +373,13 @@ impl Io {
             Next::GiveUp { attempts } => {
                 log::warn!("longlink: giving up after {attempts} failed attempts");
                 let e = Error::Fatal(format!("gave up after {attempts} attempts: {last_error}"));
-                self.end(CloseReason::GaveUp { attempts, last_error }, Some(e));
+                self.end(
+                    CloseReason::GaveUp {
+                        attempts,
+                        last_error,
+                    },
+                    Some(e),
+                );
             }
         }
     }
@@ -374,7 +400,10 @@ impl Io {
     /// Account for a dead connection and answer its outstanding requests.
     fn bury(&mut self, mut conn: Conn, now: Instant) {
         let c = &self.shared.counters;
-        Counters::add(&c.possibly_lost, conn.written.saturating_sub(conn.confirmed));
+        Counters::add(
+            &c.possibly_lost,
+            conn.written.saturating_sub(conn.confirmed),
+        );
         Counters::add(&c.heartbeat_misses, conn.live.misses());
         for w in conn.pending.drain(now) {
             w.answer(Err(Error::ConnectionLost));
@@ -409,7 +438,9 @@ impl Io {
     /// Read, judge liveness, write: one turn on an open connection.
     fn service(&mut self, now: Instant) -> Result<(), String> {
         let cap = self.shared.cfg.dispatch_capacity;
-        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
         if conn.paused && self.shared.dispatch_depth.load(Ordering::Acquire) <= cap / 2 {
             conn.paused = false;
             conn.readable = true;
@@ -426,7 +457,9 @@ impl Io {
         if conn.readable && !conn.paused {
             self.read(now)?;
         }
-        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
         if !conn.paused {
             match conn.live.check(now) {
                 Verdict::Alive => {}
@@ -446,7 +479,9 @@ impl Io {
 
     fn read(&mut self, now: Instant) -> Result<(), String> {
         for _ in 0..READ_BATCH {
-            let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(());
+            };
             if conn.paused {
                 return Ok(());
             }
@@ -473,7 +508,9 @@ impl Io {
     }
 
     fn frame(&mut self, frame: Frame, now: Instant) -> Result<(), String> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
         conn.live.on_inbound(now);
         match frame {
             Frame::Text(text) => {
@@ -494,19 +531,25 @@ impl Io {
             // tungstenite queued the pong; it goes out with the next flush.
             Frame::Ping(_) => conn.need_flush = true,
             Frame::Pong(payload) => {
-                if let Some((seq, sent, written)) = conn.ping {
-                    if payload.as_ref() == seq.to_be_bytes() {
-                        // The peer's WebSocket layer read every frame before the ping.
-                        conn.confirmed = conn.confirmed.max(written);
-                        conn.ping = None;
-                        let rtt = now.saturating_duration_since(sent).as_micros() as u64;
-                        self.shared.counters.last_rtt_us.store(rtt + 1, Ordering::Relaxed);
-                    }
+                if let Some((seq, sent, written)) = conn.ping
+                    && payload.as_ref() == seq.to_be_bytes()
+                {
+                    // The peer's WebSocket layer read every frame before the ping.
+                    conn.confirmed = conn.confirmed.max(written);
+                    conn.ping = None;
+                    let rtt = now.saturating_duration_since(sent).as_micros() as u64;
+                    self.shared
+                        .counters
+                        .last_rtt_us
+                        .store(rtt + 1, Ordering::Relaxed);
                 }
             }
             Frame::Close(close) => {
                 let _ = conn.ws.flush();
-                let why = close.map_or_else(|| "no code".to_owned(), |c| format!("code {}", u16::from(c.code)));
+                let why = close.map_or_else(
+                    || "no code".to_owned(),
+                    |c| format!("code {}", u16::from(c.code)),
+                );
                 return Err(format!("the server closed the link ({why})"));
             }
             Frame::Frame(_) => {}
@@ -518,8 +561,14 @@ impl Io {
     fn route(&mut self, m: Message, now: Instant) {
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
-        let Some(conn) = self.conn.as_mut() else { return };
-        let id = cfg.correlation_field.as_ref().and_then(|f| m.get(f)).and_then(Value::as_u64);
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let id = cfg
+            .correlation_field
+            .as_ref()
+            .and_then(|f| m.get(f))
+            .and_then(Value::as_u64);
         let op = m.operator();
         let error_named = !cfg.error_suffix.is_empty() && op.ends_with(cfg.error_suffix.as_str());
         match conn.pending.offer(op, id, error_named, now) {
@@ -527,9 +576,14 @@ impl Io {
                 let error = error || waiter.errors.iter().any(|e| e == op);
                 waiter.answer(if error { Err(Error::Remote(m)) } else { Ok(m) });
             }
-            Matched::Late => log::debug!("longlink: late reply {op:?} dropped (its caller gave up)"),
+            Matched::Late => {
+                log::debug!("longlink: late reply {op:?} dropped (its caller gave up)")
+            }
             Matched::None => {
-                let heartbeat = cfg.app_heartbeat.as_ref().is_some_and(|(_, reply)| reply == op);
+                let heartbeat = cfg
+                    .app_heartbeat
+                    .as_ref()
+                    .is_some_and(|(_, reply)| reply == op);
                 if !heartbeat || cfg.app_heartbeat_dispatch {
                     self.deliver(Event::Message(m));
                 }
@@ -547,18 +601,20 @@ impl Io {
     fn deliver(&mut self, ev: Event) {
         let depth = self.shared.dispatch_depth.fetch_add(1, Ordering::AcqRel) + 1;
         let _ = self.dispatch.send(ev);
-        if depth >= self.shared.cfg.dispatch_capacity {
-            if let Some(conn) = self.conn.as_mut() {
-                conn.paused = true;
-                self.shared.read_paused.store(true, Ordering::Release);
-            }
+        if depth >= self.shared.cfg.dispatch_capacity
+            && let Some(conn) = self.conn.as_mut()
+        {
+            conn.paused = true;
+            self.shared.read_paused.store(true, Ordering::Release);
         }
     }
 
     fn probe(&mut self, now: Instant) -> Result<(), String> {
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
-        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
         conn.ping_seq += 1;
         let ping = Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into());
         write_frame(conn, ping)?;
@@ -577,7 +633,9 @@ impl Io {
     /// Write the hook's messages, then (when open) the outbox, in order; one flush.
     fn write(&mut self, now: Instant) -> Result<(), String> {
         let open = self.phase == Phase::Open;
-        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
         let counters = &self.shared.counters;
         let mut n = 0u64;
         let mut bytes = 0u64;
@@ -646,7 +704,10 @@ impl Io {
             // frames written since. One outstanding at a time, so at most
             // one ping per round trip while writing.
             conn.ping_seq += 1;
-            write_frame(conn, Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into()))?;
+            write_frame(
+                conn,
+                Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into()),
+            )?;
             conn.ping = Some((conn.ping_seq, now, conn.written));
             conn.need_flush = true;
         }
@@ -662,7 +723,8 @@ impl Io {
             (_, Phase::Connecting) => self.closing.is_none(),
             (Some(c), Phase::Open | Phase::LoggingIn { .. }) => {
                 let can_write = !c.write_blocked
-                    && (!self.login.is_empty() || (self.phase == Phase::Open && !self.outbox.is_empty()));
+                    && (!self.login.is_empty()
+                        || (self.phase == Phase::Open && !self.outbox.is_empty()));
                 (c.readable && !c.paused) || can_write || (c.need_flush && !c.write_blocked)
             }
             _ => false,
@@ -675,7 +737,11 @@ impl Io {
             Phase::LoggingIn { deadline } => Some(deadline),
             _ => None,
         };
-        let live = self.conn.as_ref().filter(|c| !c.paused).map(|c| c.live.next_deadline());
+        let live = self
+            .conn
+            .as_ref()
+            .filter(|c| !c.paused)
+            .map(|c| c.live.next_deadline());
         let close = self.closing.as_ref().map(|(d, _)| *d);
         [phase, live, close].into_iter().flatten().min()
     }
@@ -710,14 +776,14 @@ impl Io {
             log::error!("longlink: poller wait failed: {e}");
         }
         let woke = Instant::now();
-        if let (Some(planned), Some(conn)) = (planned, self.conn.as_mut()) {
-            if woke > planned + FREEZE_GAP {
-                log::info!(
-                    "longlink: woke {:?} late (process frozen?); probing the peer",
-                    woke - planned
-                );
-                conn.live.on_resumed(woke);
-            }
+        if let (Some(planned), Some(conn)) = (planned, self.conn.as_mut())
+            && woke > planned + FREEZE_GAP
+        {
+            log::info!(
+                "longlink: woke {:?} late (process frozen?); probing the peer",
+                woke - planned
+            );
+            conn.live.on_resumed(woke);
         }
         if let Some(conn) = self.conn.as_mut() {
             for ev in self.events.iter() {
@@ -730,7 +796,9 @@ impl Io {
     }
 
     fn close_ready(&self, now: Instant) -> bool {
-        let Some((deadline, _)) = &self.closing else { return false };
+        let Some((deadline, _)) = &self.closing else {
+            return false;
+        };
         if now >= *deadline {
             return true;
         }
@@ -739,7 +807,10 @@ impl Io {
                 self.outbox.is_empty()
                     && self.login.is_empty()
                     && self.rx.is_empty()
-                    && self.conn.as_ref().is_none_or(|c| !c.write_blocked && !c.need_flush)
+                    && self
+                        .conn
+                        .as_ref()
+                        .is_none_or(|c| !c.write_blocked && !c.need_flush)
             }
             // Let the login finish so the outbox can flush.
             Phase::LoggingIn { .. } => false,
@@ -749,7 +820,9 @@ impl Io {
 
     /// Close: say goodbye, hand back what is left, stop.
     fn finish(&mut self) {
-        let Some((deadline, done)) = self.closing.take() else { return };
+        let Some((deadline, done)) = self.closing.take() else {
+            return;
+        };
         // Sends that passed their `refusing` check are about to push.
         while self.shared.entering.load(Ordering::SeqCst) > 0 {
             std::thread::yield_now();
@@ -806,7 +879,10 @@ fn write_frame(conn: &mut Conn, frame: Frame) -> Result<(), String> {
 /// Send a Close frame and wait (until `deadline`) for the server's answer,
 /// which proves it read everything we wrote before it.
 fn goodbye(conn: &mut Conn, deadline: Instant) -> bool {
-    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
     let _ = conn.ws.close(Some(frame));
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {

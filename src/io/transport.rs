@@ -5,15 +5,15 @@ use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Instant;
 
+use tungstenite::WebSocket;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::http::HeaderValue;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::WebSocket;
 
-use crate::config::{Config, redact_url};
 use crate::Error;
+use crate::config::{Config, redact_url};
 
 pub(crate) type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -33,7 +33,10 @@ pub(crate) fn tcp(ws: &Ws) -> &TcpStream {
 }
 
 fn io_err(context: impl Into<String>, e: io::Error) -> Error {
-    Error::Connect { context: context.into(), source: Box::new(e) }
+    Error::Connect {
+        context: context.into(),
+        source: Box::new(e),
+    }
 }
 
 /// Open one connection. Blocks until `deadline` at most.
@@ -54,7 +57,12 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
         request.headers_mut().append(name, value);
     }
     let uri = request.uri();
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let tls = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
 
@@ -80,11 +88,14 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
     let stream = match stream {
         Some(s) => s,
         None => {
-            let e = last.unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            let e = last
+                .unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
             return Err(io_err(format!("connecting to {shown}"), e));
         }
     };
-    let left = deadline.saturating_duration_since(Instant::now()).max(std::time::Duration::from_millis(1));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(std::time::Duration::from_millis(1));
     let setup = |s: &TcpStream| -> io::Result<()> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(left))?;
@@ -137,7 +148,8 @@ fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connecto
             "longlink: certificate and host name checks are OFF for {} (danger_accept_invalid_certificates)",
             redact_url(&cfg.url)
         );
-        b.danger_accept_invalid_certs(true).danger_accept_invalid_hostnames(true);
+        b.danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true);
     }
     let c = b.build().map_err(|e| Error::Tls(Box::new(e)))?;
     Ok(Some(tungstenite::Connector::NativeTls(c)))
@@ -156,10 +168,15 @@ fn tls_connector(cfg: &Config, _tls: bool) -> Result<Option<tungstenite::Connect
 fn classify(e: tungstenite::Error, shown: &str) -> Error {
     use tungstenite::Error as E;
     match e {
-        E::Http(resp) => Error::Rejected { status: resp.status().as_u16() },
+        E::Http(resp) => Error::Rejected {
+            status: resp.status().as_u16(),
+        },
         E::Tls(t) => Error::Tls(Box::new(t)),
         E::Io(io) => io_err(format!("handshake with {shown}"), io),
         E::Url(u) => Error::InvalidConfig(format!("url {shown}: {u}")),
-        other => Error::Connect { context: format!("handshake with {shown}"), source: Box::new(other) },
+        other => Error::Connect {
+            context: format!("handshake with {shown}"),
+            source: Box::new(other),
+        },
     }
 }

@@ -117,7 +117,11 @@ impl Server {
                 thread::spawn(move || serve(stream, s, opts));
             }
         });
-        Server { addr, seen: rx, shared }
+        Server {
+            addr,
+            seen: rx,
+            shared,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -170,7 +174,9 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
     if s.stop.load(Ordering::SeqCst) {
         return;
     }
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let raw = stream.try_clone().unwrap();
     #[cfg(feature = "native-tls")]
     let boxed: Box<dyn Stream> = match &opts.tls {
@@ -182,15 +188,20 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
     };
     #[cfg(not(feature = "native-tls"))]
     let boxed: Box<dyn Stream> = Box::new(stream);
-    let Ok(mut ws) = tungstenite::accept(boxed) else { return };
-    raw.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    // Read before the handshake completes: a kick after the client saw the
+    // connection open must apply to it.
+    let kick = s.kick.load(Ordering::SeqCst);
+    let (ptx, prx) = unbounded::<Value>();
+    s.pushes.lock().unwrap().push(ptx);
+    let Ok(mut ws) = tungstenite::accept(boxed) else {
+        return;
+    };
+    raw.set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
     let id = s.conns.fetch_add(1, Ordering::SeqCst) + 1;
     s.live.fetch_add(1, Ordering::SeqCst);
     let _ = s.seen.send(Seen::Open(id));
-    let (ptx, prx) = unbounded::<Value>();
-    s.pushes.lock().unwrap().push(ptx);
     let handler = opts.handler.clone().unwrap_or_else(ok_handler);
-    let kick = s.kick.load(Ordering::SeqCst);
     let mut last = Instant::now();
     loop {
         if s.stop.load(Ordering::SeqCst) {
@@ -203,10 +214,10 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
             while Instant::now() < end && ws.read().is_ok() {}
             break;
         }
-        if let Some(cut) = opts.idle_cut {
-            if last.elapsed() >= cut {
-                break; // idle cut: drop the TCP connection
-            }
+        if let Some(cut) = opts.idle_cut
+            && last.elapsed() >= cut
+        {
+            break; // idle cut: drop the TCP connection
         }
         let mut out = Vec::new();
         while let Ok(v) = prx.try_recv() {
@@ -221,7 +232,10 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
             }
             Ok(_) => last = Instant::now(),
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 if let Some(q) = &opts.on_quiet {
                     out.extend(q());
@@ -234,10 +248,13 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
                 break;
             }
         }
-        if let Err(tungstenite::Error::Io(e)) = ws.flush() {
-            if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                break;
-            }
+        if let Err(tungstenite::Error::Io(e)) = ws.flush()
+            && !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            break;
         }
     }
     s.live.fetch_sub(1, Ordering::SeqCst);
@@ -276,14 +293,22 @@ impl Proxy {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (p, m, d, st, acc) = (pipes.clone(), new_mode.clone(), delay_ms.clone(), stop.clone(), accepted.clone());
+        let (p, m, d, st, acc) = (
+            pipes.clone(),
+            new_mode.clone(),
+            delay_ms.clone(),
+            stop.clone(),
+            accepted.clone(),
+        );
         thread::spawn(move || {
             for client in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
                 acc.fetch_add(1, Ordering::SeqCst);
                 let pipe = Arc::new(Pipe {
                     mode: AtomicU8::new(m.load(Ordering::SeqCst)),
@@ -296,7 +321,14 @@ impl Proxy {
                 thread::spawn(move || pump(s2, c2, pipe2));
             }
         });
-        Proxy { addr, pipes, new_mode, delay_ms, stop, accepted }
+        Proxy {
+            addr,
+            pipes,
+            new_mode,
+            delay_ms,
+            stop,
+            accepted,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -339,7 +371,9 @@ impl Proxy {
     pub fn restore(&self) {
         self.new_mode.store(FORWARD, Ordering::SeqCst);
         for p in self.pipes.lock().unwrap().iter() {
-            let _ = p.mode.compare_exchange(STALL, FORWARD, Ordering::SeqCst, Ordering::SeqCst);
+            let _ = p
+                .mode
+                .compare_exchange(STALL, FORWARD, Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 
@@ -361,7 +395,8 @@ impl Drop for Proxy {
 }
 
 fn pump(mut from: TcpStream, mut to: TcpStream, pipe: Arc<Pipe>) {
-    from.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    from.set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.mode.load(Ordering::SeqCst) {
@@ -399,7 +434,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, pipe: Arc<Pipe>) {
                     return;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => {
                 let _ = to.shutdown(Shutdown::Both);
                 return;
@@ -419,16 +458,24 @@ pub fn pki() -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "longlink test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "longlink test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
-    Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    Pki {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
 #[cfg(feature = "native-tls")]
 pub fn tls_acceptor(pki: &Pki) -> native_tls::TlsAcceptor {
-    let id = native_tls::Identity::from_pkcs8(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+    let id =
+        native_tls::Identity::from_pkcs8(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
     native_tls::TlsAcceptor::new(id).unwrap()
 }
