@@ -136,14 +136,14 @@ pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), E
     }
 }
 
-/// Read one inbound text frame.
-pub(crate) fn decode(text: String, op_field: &str) -> Result<Message, InvalidFrame> {
+/// Read one inbound text frame. Borrows it: the text is copied only when invalid.
+pub(crate) fn decode(text: &str, op_field: &str) -> Result<Message, InvalidFrame> {
     let len = text.len();
-    let value: Value = match serde_json::from_str(&text) {
+    let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             return Err(InvalidFrame::Text {
-                text,
+                text: text.to_owned(),
                 reason: format!("not JSON: {e}"),
             });
         }
@@ -153,7 +153,10 @@ pub(crate) fn decode(text: String, op_field: &str) -> Result<Message, InvalidFra
             let op = op.to_owned();
             Ok(Message::new(op, value, len))
         }
-        Err(reason) => Err(InvalidFrame::Text { text, reason }),
+        Err(reason) => Err(InvalidFrame::Text {
+            text: text.to_owned(),
+            reason,
+        }),
     }
 }
 
@@ -220,7 +223,7 @@ mod tests {
 
     #[test]
     fn decodes_with_a_custom_operator_field() {
-        let m = decode(r#"{"type":"LoginOK","openId":"o1"}"#.into(), "type").unwrap();
+        let m = decode(r#"{"type":"LoginOK","openId":"o1"}"#, "type").unwrap();
         assert_eq!(m.operator(), "LoginOK");
         assert_eq!(m.get("openId"), Some(&json!("o1")));
         #[derive(serde::Deserialize)]
@@ -242,19 +245,15 @@ mod tests {
             "{}",
             "{\"Operator\":",
         ] {
-            assert!(decode(text.into(), "Operator").is_err(), "{text:?}");
+            assert!(decode(text, "Operator").is_err(), "{text:?}");
         }
     }
 
     #[test]
     fn debug_never_shows_the_payload() {
-        let m = decode(
-            r#"{"Operator":"LoginOK","token":"s3cret"}"#.into(),
-            "Operator",
-        )
-        .unwrap();
+        let m = decode(r#"{"Operator":"LoginOK","token":"s3cret"}"#, "Operator").unwrap();
         assert!(!format!("{m:?}").contains("s3cret"));
-        let bad = decode(r#"{"token":"s3cret"}"#.into(), "Operator").unwrap_err();
+        let bad = decode(r#"{"token":"s3cret"}"#, "Operator").unwrap_err();
         assert!(!format!("{bad:?}").contains("s3cret"));
     }
 }

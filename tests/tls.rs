@@ -9,8 +9,8 @@ use longlink::{Client, Error};
 use serde_json::json;
 use support::{Server, ServerOpts, init_log, pki, tls_acceptor};
 
-#[test]
-fn wss_works_with_a_trusted_generated_ca() {
+/// A TLS server with a certificate from a fresh CA, and its `wss://` URL.
+fn tls_server() -> (support::Pki, Server, String) {
     init_log();
     let pki = pki();
     let server = Server::start_with(ServerOpts {
@@ -18,6 +18,12 @@ fn wss_works_with_a_trusted_generated_ca() {
         ..Default::default()
     });
     let url = format!("wss://localhost:{}", server.addr.port());
+    (pki, server, url)
+}
+
+#[test]
+fn wss_works_with_a_trusted_generated_ca() {
+    let (pki, _server, url) = tls_server();
     let client = Client::builder(url)
         .tls_root_certificate_pem(pki.ca_pem.as_bytes())
         .connect()
@@ -31,13 +37,7 @@ fn wss_works_with_a_trusted_generated_ca() {
 
 #[test]
 fn wss_refuses_an_untrusted_certificate_with_a_clear_error() {
-    init_log();
-    let pki = pki();
-    let server = Server::start_with(ServerOpts {
-        tls: Some(tls_acceptor(&pki)),
-        ..Default::default()
-    });
-    let url = format!("wss://localhost:{}", server.addr.port());
+    let (_pki, _server, url) = tls_server();
     let started = std::time::Instant::now();
     let err = Client::builder(url)
         .connect_timeout(Duration::from_secs(5))

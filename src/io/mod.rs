@@ -517,7 +517,7 @@ impl Io {
                 let c = &self.shared.counters;
                 Counters::add(&c.messages_received, 1);
                 Counters::add(&c.bytes_received, text.len() as u64);
-                match decode(text.as_str().to_owned(), &self.shared.cfg.operator_field) {
+                match decode(text.as_str(), &self.shared.cfg.operator_field) {
                     Ok(m) => self.route(m, now),
                     Err(bad) => self.invalid(bad),
                 }
