@@ -14,12 +14,19 @@ use polling::Poller;
 use serde::Serialize;
 use serde_json::Value;
 
+use tungstenite::Utf8Bytes;
+
 use crate::config::Config;
+use crate::delivery::ReceiptCell;
 use crate::dispatch::{self, Registry, Topic};
+use crate::journal::Journal;
 use crate::outbox::{Budget, Weighed};
 use crate::pending::Key;
 use crate::state::Counters;
-use crate::{ClientBuilder, Error, InvalidFrame, LinkState, Message, Overflow, Stats};
+use crate::{
+    ClientBuilder, Error, InvalidFrame, LinkState, Message, Overflow, Receipt, RequestOptions,
+    SendOptions, Stats,
+};
 
 /// Commands queued between handles and the I/O thread. Large: a small
 /// channel halves throughput through park/wake ping-pong.
@@ -41,19 +48,46 @@ pub(crate) enum Command {
     /// Flush until `deadline`, close, report the unsent messages' texts.
     Close {
         deadline: Instant,
-        done: Sender<Vec<String>>,
+        done: Sender<Vec<Utf8Bytes>>,
     },
 }
 
 /// One outbound message.
 pub(crate) struct Item {
-    pub(crate) text: String,
+    pub(crate) text: Utf8Bytes,
+    /// Bytes counted in the outbox budget.
+    pub(crate) weight: usize,
     pub(crate) reply: Option<ReplyTo>,
+    /// At-least-once id, stamped in the text.
+    pub(crate) id: Option<u64>,
+    /// Drop it if not written by then.
+    pub(crate) expires: Option<Instant>,
+    /// Never buffered across a reconnect.
+    pub(crate) volatile: bool,
+    pub(crate) receipt: Option<Arc<ReceiptCell>>,
+    /// Written at least once already (a re-send is due).
+    pub(crate) written: bool,
+}
+
+impl Item {
+    pub(crate) fn new(text: impl Into<Utf8Bytes>) -> Self {
+        let text = text.into();
+        Item {
+            weight: text.len(),
+            text,
+            reply: None,
+            id: None,
+            expires: None,
+            volatile: false,
+            receipt: None,
+            written: false,
+        }
+    }
 }
 
 impl Weighed for Item {
     fn weight(&self) -> usize {
-        self.text.len()
+        self.weight
     }
 }
 
@@ -62,12 +96,28 @@ pub(crate) struct ReplyTo {
     pub(crate) key: Key,
     pub(crate) deadline: Instant,
     pub(crate) waiter: Waiter,
+    pub(crate) idempotent: bool,
 }
 
 /// The caller waiting for a reply, and the operators that mean failure.
 pub(crate) struct Waiter {
     pub(crate) tx: Sender<Result<Message, Error>>,
     pub(crate) errors: Vec<String>,
+    /// An idempotent request's frame, to write again after a reconnect.
+    pub(crate) retry: Option<Retry>,
+}
+
+/// What it takes to send an idempotent request again.
+pub(crate) struct Retry {
+    pub(crate) text: Utf8Bytes,
+    pub(crate) key: Key,
+    pub(crate) deadline: Instant,
+}
+
+/// Assigns at-least-once ids, and journals messages when durable.
+pub(crate) struct Sequencer {
+    pub(crate) next: u64,
+    pub(crate) journal: Option<Journal>,
 }
 
 impl Waiter {
@@ -105,6 +155,12 @@ pub(crate) struct Shared {
     pub(crate) dispatch_depth: AtomicUsize,
     pub(crate) read_paused: AtomicBool,
     dispatcher_id: OnceLock<ThreadId>,
+    /// At-least-once: ids (and the journal). Held from stamping to the push,
+    /// so the outbox order is the id order.
+    pub(crate) seq: Option<Mutex<Sequencer>>,
+    /// `"msgId":` ready to splice into a message.
+    stamp_key: String,
+    recovered: Vec<Message>,
 }
 
 thread_local! {
@@ -165,6 +221,18 @@ impl Shared {
         }
     }
 
+    /// Run `f` on the journal, if the outbox is durable.
+    pub(crate) fn journal<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> Option<R> {
+        let seq = self.seq.as_ref()?;
+        let mut g = seq.lock().unwrap_or_else(|e| e.into_inner());
+        g.journal.as_mut().map(f)
+    }
+
+    /// Whether messages on `route` with `opts` get an at-least-once id.
+    fn stamps(&self, route: Route, opts: SendOptions) -> bool {
+        self.seq.is_some() && matches!(route, Route::Outbox) && !opts.volatile
+    }
+
     fn is_dispatcher(&self) -> bool {
         self.dispatcher_id.get() == Some(&thread::current().id())
     }
@@ -173,49 +241,72 @@ impl Shared {
         serde_json::to_value(msg).map_err(Error::Serialize)
     }
 
-    fn submit(&self, route: Route, item: Item) -> Result<(), Error> {
+    fn submit(&self, route: Route, mut item: Item, stamp: bool) -> Result<(), Error> {
         let hand_back = |text: &str| serde_json::from_str::<Value>(text).ok();
         if self.refusing.load(Ordering::Acquire) {
             return Err(Error::Closed {
                 message: hand_back(&item.text),
             });
         }
-        let route = self.route(route);
-        let conn = match route {
-            Route::Login(conn) => conn,
-            Route::Outbox => {
-                let weight = item.weight();
-                let reserved = match self.cfg.overflow {
-                    Overflow::Reject => self.budget.try_reserve(weight),
-                    Overflow::DropOldest => {
-                        self.budget.force_reserve(weight);
-                        true
-                    }
-                    Overflow::Block(d) => self.budget.reserve_until(weight, Instant::now() + d),
-                };
-                if !reserved {
-                    let message = hand_back(&item.text).unwrap_or(Value::Null);
-                    return Err(Error::OutboxFull { message });
+        let outbox = matches!(route, Route::Outbox);
+        if outbox {
+            let weight = item.weight();
+            let reserved = match self.cfg.overflow {
+                Overflow::Reject => self.budget.try_reserve(weight),
+                Overflow::DropOldest => {
+                    self.budget.force_reserve(weight);
+                    true
                 }
-                u64::MAX
+                Overflow::Block(d) => self.budget.reserve_until(weight, Instant::now() + d),
+            };
+            if !reserved {
+                let message = hand_back(&item.text).unwrap_or(Value::Null);
+                return Err(Error::OutboxFull { message });
+            }
+        }
+        let unreserve = |item: &Item| {
+            if outbox {
+                self.budget.release(item.weight());
             }
         };
         // Between the check and the push, close must wait for us (see io::finish).
         self.entering.fetch_add(1, Ordering::SeqCst);
         if self.refusing.load(Ordering::SeqCst) {
             self.entering.fetch_sub(1, Ordering::SeqCst);
-            if conn == u64::MAX {
-                self.budget.release(item.weight());
-            }
+            unreserve(&item);
             return Err(Error::Closed {
                 message: hand_back(&item.text),
             });
         }
-        let cmd = match route {
-            Route::Outbox => Command::Send(item),
-            Route::Login(conn) => Command::Login { conn, item },
+        let pushed = match (route, stamp.then_some(self.seq.as_ref()).flatten()) {
+            (Route::Outbox, Some(seq)) => {
+                let mut g = seq.lock().unwrap_or_else(|e| e.into_inner());
+                let id = g.next;
+                let plain = std::mem::take(&mut item.text);
+                item.text = stamp_text(&plain, &self.stamp_key, id).into();
+                if let Some(j) = g.journal.as_mut()
+                    && let Err(source) = j.append(id, &item.text, Instant::now())
+                {
+                    drop(g);
+                    self.entering.fetch_sub(1, Ordering::SeqCst);
+                    unreserve(&item);
+                    return Err(Error::Journal {
+                        context: "appending a message".into(),
+                        source,
+                        message: hand_back(&plain),
+                    });
+                }
+                g.next += 1;
+                item.id = Some(id);
+                if let Some(r) = &item.receipt {
+                    r.set_id(id);
+                }
+                // Still under the lock: the outbox order is the id order.
+                self.tx.send(Command::Send(item))
+            }
+            (Route::Outbox, None) => self.tx.send(Command::Send(item)),
+            (Route::Login(conn), _) => self.tx.send(Command::Login { conn, item }),
         };
-        let pushed = self.tx.send(cmd);
         self.entering.fetch_sub(1, Ordering::SeqCst);
         self.wake();
         match pushed {
@@ -223,7 +314,7 @@ impl Shared {
             Err(e) => {
                 let text = match e.into_inner() {
                     Command::Send(item) | Command::Login { item, .. } => item.text,
-                    _ => String::new(),
+                    _ => Utf8Bytes::default(),
                 };
                 Err(Error::Closed {
                     message: hand_back(&text),
@@ -232,10 +323,31 @@ impl Shared {
         }
     }
 
-    fn send(&self, route: Route, msg: impl Serialize) -> Result<(), Error> {
-        let value = self.to_value(msg)?;
+    fn send(
+        &self,
+        route: Route,
+        msg: impl Serialize,
+        opts: SendOptions,
+        receipt: bool,
+    ) -> Result<Option<Receipt>, Error> {
+        let mut value = self.to_value(msg)?;
+        let route = self.route(route);
+        let stamp = self.stamps(route, opts);
+        if stamp && let Some(obj) = value.as_object_mut() {
+            obj.remove(&self.cfg.msg_id_field);
+        }
         let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
-        self.submit(route, Item { text, reply: None })
+        let mut item = Item::new(text);
+        if stamp {
+            // Room for the id spliced in later.
+            item.weight += self.stamp_key.len() + 21;
+        }
+        item.expires = opts.ttl.map(|t| Instant::now() + t);
+        item.volatile = opts.volatile;
+        let cell = receipt.then(ReceiptCell::new);
+        item.receipt = cell.clone();
+        self.submit(route, item, stamp)?;
+        Ok(cell.map(Receipt::new))
     }
 
     fn request(
@@ -244,7 +356,9 @@ impl Shared {
         msg: impl Serialize,
         expect: Option<Expect>,
         timeout: Duration,
+        idempotent: bool,
     ) -> Result<Message, Error> {
+        let route = self.route(route);
         let mut value = self.to_value(msg)?;
         let op = value
             .get(&self.cfg.operator_field)
@@ -273,24 +387,32 @@ impl Shared {
         let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
         let (tx, rx) = bounded(1);
         let deadline = Instant::now() + timeout;
-        let waiter = Waiter { tx, errors };
-        self.submit(
-            route,
-            Item {
-                text,
-                reply: Some(ReplyTo {
-                    key,
-                    deadline,
-                    waiter,
-                }),
-            },
-        )?;
+        let waiter = Waiter {
+            tx,
+            errors,
+            retry: None,
+        };
+        let mut item = Item::new(text);
+        item.reply = Some(ReplyTo {
+            key,
+            deadline,
+            waiter,
+            idempotent,
+        });
+        self.submit(route, item, false)?;
         match rx.recv_deadline(deadline) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Closed { message: None }),
         }
     }
+}
+
+/// `{"msgId":7,` + the rest of the encoded object (which starts with `{`).
+fn stamp_text(text: &str, key: &str, id: u64) -> String {
+    let rest = text.strip_prefix('{').unwrap_or(text);
+    let sep = if rest.starts_with('}') { "" } else { "," };
+    format!("{{{key}{id}{sep}{rest}")
 }
 
 /// A running thread and a way to learn it has exited without blocking on join.
@@ -452,6 +574,47 @@ impl Client {
     }
 
     pub(crate) fn spawn(cfg: Config) -> Result<Client, Error> {
+        let mut initial = Vec::new();
+        let mut recovered = Vec::new();
+        let seq = if cfg.at_least_once {
+            let journal = match &cfg.journal {
+                Some(path) => {
+                    let (j, replay) =
+                        Journal::open(path, cfg.journal_sync).map_err(|source| {
+                            Error::Journal {
+                                context: format!("opening {}", path.display()),
+                                source,
+                                message: None,
+                            }
+                        })?;
+                    for (id, text) in replay.messages {
+                        if let Ok(m) = crate::message::decode(&text, &cfg.operator_field) {
+                            recovered.push(m);
+                        }
+                        let mut item = Item::new(text);
+                        item.id = Some(id);
+                        item.written = true;
+                        initial.push(item);
+                    }
+                    if !initial.is_empty() {
+                        log::info!(
+                            "longlink: {} messages recovered from the journal",
+                            initial.len()
+                        );
+                    }
+                    Some(j)
+                }
+                None => None,
+            };
+            let next = journal.as_ref().map_or(1, Journal::next_id);
+            Some(Mutex::new(Sequencer { next, journal }))
+        } else {
+            None
+        };
+        let stamp_key = format!(
+            "{}:",
+            serde_json::to_string(&cfg.msg_id_field).unwrap_or_default()
+        );
         let poller = Poller::new().map_err(|e| Error::Connect {
             context: "creating the poller".into(),
             source: Box::new(e),
@@ -459,13 +622,18 @@ impl Client {
         let (tx, rx) = bounded(COMMAND_CAPACITY);
         let (dtx, drx) = unbounded();
         let budget = Budget::new(cfg.outbox_capacity, cfg.outbox_max_bytes);
+        for item in &initial {
+            budget.force_reserve(item.weight());
+        }
+        let counters = Counters::default();
+        Counters::add(&counters.recovered, initial.len() as u64);
         let shared = Arc::new(Shared {
             cfg,
             tx,
             poller: Arc::new(poller),
             sleeping: AtomicBool::new(false),
             budget,
-            counters: Counters::default(),
+            counters,
             state: Mutex::new(LinkState::Connecting { attempt: 0 }),
             state_changed: Condvar::new(),
             last_error: Mutex::new(None),
@@ -477,12 +645,15 @@ impl Client {
             dispatch_depth: AtomicUsize::new(0),
             read_paused: AtomicBool::new(false),
             dispatcher_id: OnceLock::new(),
+            seq,
+            stamp_key,
+            recovered,
         });
         let s = shared.clone();
         let dispatcher = Worker::spawn("longlink-dispatch", move || dispatch::run(s, drx))?;
         let _ = shared.dispatcher_id.set(dispatcher.handle.thread().id());
         let s = shared.clone();
-        let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx))?;
+        let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx, initial))?;
         let owner = Arc::new(Owner {
             shared: shared.clone(),
             workers: Mutex::new(Some((io, dispatcher))),
@@ -540,7 +711,42 @@ impl Client {
     /// # Ok::<(), longlink::Error>(())
     /// ```
     pub fn send(&self, msg: impl Serialize) -> Result<(), Error> {
-        self.shared.send(Route::Outbox, msg)
+        self.shared
+            .send(Route::Outbox, msg, SendOptions::new(), false)
+            .map(drop)
+    }
+
+    /// [`send`](Self::send) with a per-message policy (time to live,
+    /// volatile), returning a [`Receipt`] that reports the message's fate:
+    /// queued → written → acknowledged (at least once) or confirmed by a
+    /// pong (at most once), or expired, or failed.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), plus [`Error::Journal`] with a durable outbox.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use longlink::{SendOptions, Status};
+    /// # let client = longlink::Client::builder("ws://127.0.0.1:9001").start()?;
+    /// let quote = serde_json::json!({"Operator": "Quote", "price": 101.5});
+    /// let r = client.send_with(quote, SendOptions::new().ttl(Duration::from_secs(2)))?;
+    /// match r.wait(Duration::from_secs(5)) {
+    ///     Status::Expired => println!("too old by the time the link was back"),
+    ///     s => println!("{s:?}"),
+    /// }
+    /// # Ok::<(), longlink::Error>(())
+    /// ```
+    pub fn send_with(&self, msg: impl Serialize, options: SendOptions) -> Result<Receipt, Error> {
+        self.shared
+            .send(Route::Outbox, msg, options, true)
+            .map(|r| r.expect("a receipt was asked for"))
+    }
+
+    /// The messages recovered from the durable journal when this client
+    /// started (accepted by an earlier process, not acknowledged), in the
+    /// order they are being re-sent, with their ids. Empty otherwise.
+    pub fn recovered(&self) -> Vec<Message> {
+        self.shared.recovered.clone()
     }
 
     /// Sends `msg` (operator `X`) and blocks until the reply `X` + `"OK"`
@@ -568,7 +774,29 @@ impl Client {
     /// # Ok::<(), longlink::Error>(())
     /// ```
     pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
-        self.shared.request(Route::Outbox, msg, None, timeout)
+        self.shared.request(Route::Outbox, msg, None, timeout, false)
+    }
+
+    /// [`request`](Self::request) with options: the timeout, the reply
+    /// operators, and whether it may be written again after a reconnect
+    /// ([`RequestOptions::idempotent`]).
+    ///
+    /// # Errors
+    /// As [`request`](Self::request); an idempotent request fails with
+    /// [`Error::ConnectionLost`] only if the client closes, and otherwise
+    /// with [`Error::Timeout`] when no reconnect brings its reply in time.
+    pub fn request_with(
+        &self,
+        msg: impl Serialize,
+        options: RequestOptions,
+    ) -> Result<Message, Error> {
+        let RequestOptions {
+            timeout,
+            expect,
+            idempotent,
+        } = options;
+        self.shared
+            .request(Route::Outbox, msg, expect, timeout, idempotent)
     }
 
     /// [`request`](Self::request) with the configured
@@ -592,7 +820,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Message, Error> {
         self.shared
-            .request(Route::Outbox, msg, Some(expect), timeout)
+            .request(Route::Outbox, msg, Some(expect), timeout, false)
     }
 
     /// Calls `f` on the dispatcher thread for every inbound message with this
@@ -740,7 +968,9 @@ impl Link {
     /// # Errors
     /// As [`Client::send`], except that nothing waits in the outbox.
     pub fn send(&self, msg: impl Serialize) -> Result<(), Error> {
-        self.shared.send(Route::Login(self.conn), msg)
+        self.shared
+            .send(Route::Login(self.conn), msg, SendOptions::new(), false)
+            .map(drop)
     }
 
     /// Requests on this connection, ahead of the outbox; see [`Client::request`].
@@ -749,7 +979,7 @@ impl Link {
     /// As [`Client::request`].
     pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
         self.shared
-            .request(Route::Login(self.conn), msg, None, timeout)
+            .request(Route::Login(self.conn), msg, None, timeout, false)
     }
 
     /// See [`Client::request_expect`], e.g. `userLogin` → `LoginOK` / `LoginError`.
@@ -763,7 +993,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Message, Error> {
         self.shared
-            .request(Route::Login(self.conn), msg, Some(expect), timeout)
+            .request(Route::Login(self.conn), msg, Some(expect), timeout, false)
     }
 
     /// Counters of the client, e.g. to tell a first login from a re-login.

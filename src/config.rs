@@ -1,13 +1,14 @@
 //! Configuration and the builder. Every setter says what it defaults to.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::backoff::BackoffPolicy;
-use crate::{Client, Error, Link, Overflow};
+use crate::{Client, Error, JournalSync, Link, Overflow};
 
 /// The re-login hook: runs after every handshake, before the outbox flush.
 pub(crate) type OpenHook = dyn Fn(&Link) -> Result<(), Error> + Send + Sync;
@@ -41,6 +42,11 @@ pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) read_buffer_size: usize,
     pub(crate) drop_close_timeout: Duration,
+    pub(crate) at_least_once: bool,
+    pub(crate) ack_operator: String,
+    pub(crate) msg_id_field: String,
+    pub(crate) journal: Option<PathBuf>,
+    pub(crate) journal_sync: JournalSync,
     #[cfg(feature = "native-tls")]
     pub(crate) tls_roots: Vec<native_tls::Certificate>,
     pub(crate) accept_invalid_certs: bool,
@@ -73,6 +79,9 @@ impl fmt::Debug for Config {
             .field("on_open", &self.on_open.is_some())
             .field("operator_field", &self.operator_field)
             .field("correlation_field", &self.correlation_field)
+            .field("at_least_once", &self.at_least_once)
+            .field("journal", &self.journal)
+            .field("journal_sync", &self.journal_sync)
             .field("accept_invalid_certs", &self.accept_invalid_certs)
             .finish_non_exhaustive()
     }
@@ -142,6 +151,11 @@ impl ClientBuilder {
                 max_message_size: 16 << 20,
                 read_buffer_size: 4096,
                 drop_close_timeout: Duration::from_secs(1),
+                at_least_once: false,
+                ack_operator: "Ack".into(),
+                msg_id_field: "msgId".into(),
+                journal: None,
+                journal_sync: JournalSync::Interval(Duration::from_secs(1)),
                 #[cfg(feature = "native-tls")]
                 tls_roots: Vec::new(),
                 accept_invalid_certs: false,
@@ -361,6 +375,55 @@ impl ClientBuilder {
         self
     }
 
+    /// At-least-once delivery: every message queued by `send` is stamped
+    /// with an increasing id in [`message_id_field`](Self::message_id_field),
+    /// kept after writing until the server acknowledges it with
+    /// `{"Operator": "Ack", "msgId": N}` (cumulative: all ids up to N), and
+    /// re-sent first, in order, after every reconnect and re-login. The
+    /// server drops ids it has seen (and still acknowledges them). Messages
+    /// awaiting their ack count toward the outbox bounds. Requests, volatile
+    /// messages, heartbeats and the `on_open` hook's messages are not
+    /// stamped. Defaults to false (at most once).
+    pub fn at_least_once(mut self, yes: bool) -> Self {
+        self.cfg.at_least_once = yes;
+        self
+    }
+
+    /// Operator of the server's acknowledgements. Defaults to `"Ack"`.
+    pub fn ack_operator(mut self, op: impl Into<String>) -> Self {
+        self.cfg.ack_operator = op.into();
+        self
+    }
+
+    /// Field carrying the message id, on messages and on acknowledgements.
+    /// A field of that name in an application message is replaced.
+    /// Defaults to `"msgId"`.
+    pub fn message_id_field(mut self, field: impl Into<String>) -> Self {
+        self.cfg.msg_id_field = field.into();
+        self
+    }
+
+    /// Durable outbox (implies [`at_least_once`](Self::at_least_once)):
+    /// accepted messages and the id counter are appended to the journal at
+    /// `path` before `send` returns, so they survive a crash or restart. A
+    /// client started later with the same path sends what was left, in
+    /// order, with the same ids (see [`Client::recovered`]). One client per
+    /// file: a second one is refused while the first runs. A torn tail
+    /// left by a crash is cut off with a warning. Defaults to none.
+    pub fn durable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.journal = Some(path.into());
+        self.cfg.at_least_once = true;
+        self
+    }
+
+    /// When the journal is forced to disk. A killed process loses nothing
+    /// under any policy; this bounds what a power loss can take. Defaults
+    /// to [`JournalSync::Interval`] of 1 s.
+    pub fn journal_sync(mut self, policy: JournalSync) -> Self {
+        self.cfg.journal_sync = policy;
+        self
+    }
+
     /// Trust this CA (PEM) for `wss://`, in addition to the system's roots.
     /// Defaults to the system's roots only. Needs the `native-tls` feature.
     pub fn tls_root_certificate_pem(mut self, pem: &[u8]) -> Self {
@@ -441,6 +504,17 @@ impl ClientBuilder {
         {
             self.problems
                 .push("correlation_field must be a non-empty field other than the operator".into());
+        }
+        if c.at_least_once {
+            let f = &c.msg_id_field;
+            if f.is_empty() || *f == c.operator_field || c.correlation_field.as_ref() == Some(f) {
+                self.problems.push(
+                    "message_id_field must be a non-empty field other than the operator and correlation fields".into(),
+                );
+            }
+            if c.ack_operator.is_empty() {
+                self.problems.push("ack_operator must not be empty".into());
+            }
         }
         if self.problems.is_empty() {
             Ok(self.cfg)

@@ -64,6 +64,16 @@ pub enum Error {
     Tls(Box<dyn std::error::Error + Send + Sync>),
     /// The link gave up or was ended for good; the reason says why.
     Fatal(String),
+    /// The durable outbox's journal could not be opened or written. When
+    /// `send` returns it, the message was not accepted and is handed back.
+    Journal {
+        /// What failed, for humans.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+        /// The refused message, if the call carried one.
+        message: Option<Value>,
+    },
     /// [`Client::close`](crate::Client::close) could not flush everything:
     /// these messages never left, in their original order.
     Unsent {
@@ -85,7 +95,7 @@ impl Error {
     pub fn into_message(self) -> Option<Value> {
         match self {
             Error::InvalidMessage { message, .. } | Error::OutboxFull { message } => Some(message),
-            Error::Closed { message } => message,
+            Error::Closed { message } | Error::Journal { message, .. } => message,
             _ => None,
         }
     }
@@ -151,6 +161,7 @@ impl fmt::Display for Error {
             }
             Error::Tls(_) => f.write_str("TLS handshake failed"),
             Error::Fatal(why) => write!(f, "link ended: {why}"),
+            Error::Journal { context, .. } => write!(f, "journal: {context} failed"),
             Error::Unsent { messages } => {
                 write!(f, "closed with {} messages unsent", messages.len())
             }
@@ -164,6 +175,7 @@ impl std::error::Error for Error {
             Error::Serialize(e) => Some(e),
             Error::Connect { source, .. } => Some(source.as_ref()),
             Error::Tls(e) => Some(e.as_ref()),
+            Error::Journal { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -110,9 +110,11 @@
 mod backoff;
 mod client;
 mod config;
+mod delivery;
 mod dispatch;
 mod error;
 mod io;
+mod journal;
 mod liveness;
 mod message;
 mod outbox;
@@ -121,7 +123,9 @@ mod state;
 
 pub use client::{Client, Expect, Link, Subscription, WeakClient};
 pub use config::ClientBuilder;
+pub use delivery::{Failure, Receipt, RequestOptions, SendOptions, Status};
 pub use error::{Error, Result};
+pub use journal::JournalSync;
 pub use message::{InvalidFrame, Message};
 pub use outbox::Overflow;
 pub use state::{CloseReason, LinkState, Stats};

@@ -65,15 +65,29 @@ pub struct Stats {
     pub messages_received: u64,
     /// Bytes of data frames received.
     pub bytes_received: u64,
-    /// Messages in the outbox now.
+    /// Messages in the outbox now; under at-least-once, including those
+    /// written and awaiting their acknowledgement.
     pub outbox_depth: u64,
-    /// Bytes in the outbox now.
+    /// Bytes in the outbox now (as `outbox_depth`).
     pub outbox_bytes: u64,
-    /// Messages dropped by the `DropOldest` overflow policy or expired in the outbox.
+    /// Messages given up without being written: dropped by the
+    /// `DropOldest` policy, volatile while the link was down, too large.
     pub dropped: u64,
-    /// Messages written into a socket that then died before the peer was
-    /// seen to read them: they may or may not have arrived.
+    /// Messages whose time to live ran out before they were written.
+    pub expired: u64,
+    /// Messages written into a socket that then died before a pong showed
+    /// the peer read them: they may or may not have arrived. At-least-once
+    /// messages are re-sent instead and never counted here.
     pub possibly_lost: u64,
+    /// At-least-once: messages written and awaiting their acknowledgement now.
+    pub awaiting_ack: u64,
+    /// At-least-once: messages acknowledged by the server.
+    pub acknowledged: u64,
+    /// Messages written again after a reconnect (unacknowledged, recovered
+    /// from the journal, or idempotent requests).
+    pub resent: u64,
+    /// Messages recovered from the journal when the client started.
+    pub recovered: u64,
     /// Subscriber closures or hooks that panicked (the link is unharmed).
     pub handler_panics: u64,
     /// Frames that were not operator messages (bad JSON, binary, no operator…).
@@ -94,7 +108,12 @@ pub(crate) struct Counters {
     pub(crate) messages_received: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) expired: AtomicU64,
     pub(crate) possibly_lost: AtomicU64,
+    pub(crate) awaiting_ack: AtomicU64,
+    pub(crate) acknowledged: AtomicU64,
+    pub(crate) resent: AtomicU64,
+    pub(crate) recovered: AtomicU64,
     pub(crate) handler_panics: AtomicU64,
     pub(crate) invalid_frames: AtomicU64,
     pub(crate) heartbeat_misses: AtomicU64,
@@ -105,6 +124,10 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn add(field: &AtomicU64, n: u64) {
         field.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn store(field: &AtomicU64, n: u64) {
+        field.store(n, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self, outbox: (usize, usize)) -> Stats {
@@ -122,7 +145,12 @@ impl Counters {
             outbox_depth: outbox.0 as u64,
             outbox_bytes: outbox.1 as u64,
             dropped: get(&self.dropped),
+            expired: get(&self.expired),
             possibly_lost: get(&self.possibly_lost),
+            awaiting_ack: get(&self.awaiting_ack),
+            acknowledged: get(&self.acknowledged),
+            resent: get(&self.resent),
+            recovered: get(&self.recovered),
             handler_panics: get(&self.handler_panics),
             invalid_frames: get(&self.invalid_frames),
             heartbeat_misses: get(&self.heartbeat_misses),

@@ -17,19 +17,21 @@ use crossbeam_channel::{Receiver, Sender};
 use polling::{Event as Ready, Events, PollMode, Poller};
 use serde_json::Value;
 use tungstenite::Message as Frame;
+use tungstenite::Utf8Bytes;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backoff::{Backoff, Next};
-use crate::client::{Command, Item, Shared, Waiter};
+use crate::client::{Command, Item, ReplyTo, Retry, Shared, Waiter};
 use crate::config::redact_url;
+use crate::delivery::ReceiptCell;
 use crate::dispatch::Event;
 use crate::liveness::{Liveness, Verdict};
 use crate::message::decode;
 use crate::outbox::{Weighed, trim_oldest};
 use crate::pending::{Matched, Pending};
 use crate::state::Counters;
-use crate::{CloseReason, Error, InvalidFrame, LinkState, Message, Overflow};
+use crate::{CloseReason, Error, Failure, InvalidFrame, LinkState, Message, Overflow, Status};
 use transport::{Ws, tcp};
 
 /// Frames written per turn before one flush.
@@ -41,13 +43,25 @@ const COMMAND_BATCH: usize = 16 * 1024;
 /// Waking this much later than planned means the process was frozen.
 const FREEZE_GAP: Duration = Duration::from_secs(2);
 
-pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Command>, dispatch: Sender<Event>) {
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    rx: Receiver<Command>,
+    dispatch: Sender<Event>,
+    recovered: Vec<Item>,
+) {
     let backoff = Backoff::new(shared.cfg.backoff);
+    let highest_id = recovered.iter().filter_map(|i| i.id).max().unwrap_or(0);
     let mut io = Io {
         shared,
         rx,
         dispatch,
-        outbox: VecDeque::new(),
+        outbox: recovered.into(),
+        unacked: VecDeque::new(),
+        highest_id,
+        acked: 0,
+        journal_acked: 0,
+        ttl_next: None,
+        volatile_queued: 0,
         login: VecDeque::new(),
         conn: None,
         phase: Phase::Connecting,
@@ -86,8 +100,14 @@ struct Conn {
     written: u64,
     /// Of those, how many the peer is known to have read (pong to a later ping).
     confirmed: u64,
-    /// Outstanding ping: payload number, when, `written` at that time.
-    ping: Option<(u64, Instant, u64)>,
+    /// Frames written that are not re-sent if lost (all but at-least-once ones).
+    plain: u64,
+    /// Of those, how many a pong confirmed.
+    plain_confirmed: u64,
+    /// Outstanding ping: payload number, when, `written` and `plain` then.
+    ping: Option<(u64, Instant, u64, u64)>,
+    /// Receipts of plain messages written, by frame number, awaiting a pong.
+    awaiting: VecDeque<(u64, Arc<ReceiptCell>)>,
     ping_seq: u64,
     readable: bool,
     writable: bool,
@@ -115,7 +135,10 @@ impl Conn {
             pending: Pending::default(),
             written: 0,
             confirmed: 0,
+            plain: 0,
+            plain_confirmed: 0,
             ping: None,
+            awaiting: VecDeque::new(),
             ping_seq: 0,
             // Frames may already sit in tungstenite's or TLS's buffer.
             readable: true,
@@ -125,6 +148,28 @@ impl Conn {
             interest: (true, false),
             paused: false,
         })
+    }
+
+    /// The peer read every frame written before the ping that holds these counts.
+    fn confirm(&mut self, written: u64, plain: u64) {
+        self.confirmed = self.confirmed.max(written);
+        self.plain_confirmed = self.plain_confirmed.max(plain);
+        while let Some((n, _)) = self.awaiting.front()
+            && *n <= self.confirmed
+        {
+            if let Some((_, r)) = self.awaiting.pop_front() {
+                r.set(Status::Confirmed);
+            }
+        }
+    }
+
+    fn send_ping(&mut self, now: Instant) -> Result<(), String> {
+        self.ping_seq += 1;
+        let ping = Frame::Ping(self.ping_seq.to_be_bytes().to_vec().into());
+        write_frame(self, ping)?;
+        self.ping = Some((self.ping_seq, now, self.written, self.plain));
+        self.need_flush = true;
+        Ok(())
     }
 
     fn set_interest(&mut self) {
@@ -173,13 +218,25 @@ struct Io {
     rx: Receiver<Command>,
     dispatch: Sender<Event>,
     outbox: VecDeque<Item>,
+    /// At-least-once messages written and not yet acknowledged, in id order.
+    unacked: VecDeque<Item>,
+    /// Highest at-least-once id seen (acks beyond it are clamped).
+    highest_id: u64,
+    /// Highest id the server acknowledged.
+    acked: u64,
+    /// Highest acknowledgement recorded in the journal.
+    journal_acked: u64,
+    /// Earliest time to live of a queued message, if any.
+    ttl_next: Option<Instant>,
+    /// Volatile messages in the outbox.
+    volatile_queued: usize,
     /// Messages of the `on_open` hook (and of a `Link` kept after it).
     login: VecDeque<Item>,
     conn: Option<Conn>,
     phase: Phase,
     backoff: Backoff,
     conn_ids: u64,
-    closing: Option<(Instant, Sender<Vec<String>>)>,
+    closing: Option<(Instant, Sender<Vec<Utf8Bytes>>)>,
     events: Events,
     shown_state: Option<LinkState>,
 }
@@ -189,6 +246,8 @@ impl Io {
         loop {
             let now = Instant::now();
             self.take_commands(now);
+            self.expire(now);
+            self.shared.journal(|j| j.sync_if_due(now));
             if self.close_ready(now) {
                 self.finish();
                 return;
@@ -222,7 +281,7 @@ impl Io {
                 if live && self.conn.as_ref().is_some_and(|c| c.id == conn) {
                     self.login.push_back(item);
                 } else {
-                    fail_item(item, &self.shared, || Error::ConnectionLost);
+                    fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
                 }
             }
             Command::HookDone { conn, result } => {
@@ -266,19 +325,97 @@ impl Io {
     fn enqueue(&mut self, item: Item) {
         if self.phase == Phase::Ended && item.reply.is_some() {
             self.shared.budget.release(item.weight());
-            fail_item(item, &self.shared, || Error::Closed { message: None });
+            fail_item(item, &self.shared, Failure::Closed, || Error::Closed {
+                message: None,
+            });
             return;
+        }
+        if item.volatile && self.phase != Phase::Open {
+            self.shared.budget.release(item.weight());
+            fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+            return;
+        }
+        if item.volatile {
+            self.volatile_queued += 1;
+        }
+        if let Some(e) = item.expires {
+            self.ttl_next = Some(self.ttl_next.map_or(e, |t| t.min(e)));
+        }
+        if let Some(id) = item.id {
+            self.highest_id = self.highest_id.max(id);
         }
         self.outbox.push_back(item);
         if self.shared.cfg.overflow == Overflow::DropOldest {
             for old in trim_oldest(&mut self.outbox, &self.shared.budget) {
+                if old.volatile {
+                    self.volatile_queued -= 1;
+                }
                 if old.reply.is_some() {
                     Counters::add(&self.shared.counters.dropped, 1);
                 }
-                fail_item(old, &self.shared, || Error::OutboxFull {
+                fail_item(old, &self.shared, Failure::Dropped, || Error::OutboxFull {
                     message: Value::Null,
                 });
             }
+        }
+    }
+
+    /// Drop queued messages whose time to live ran out (never sent late).
+    fn expire(&mut self, now: Instant) {
+        if self.ttl_next.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.outbox.len());
+        for item in self.outbox.drain(..) {
+            match item.expires.filter(|_| !item.written) {
+                Some(e) if e <= now => expired.push(item),
+                Some(e) => {
+                    next = Some(next.map_or(e, |t| t.min(e)));
+                    keep.push_back(item);
+                }
+                None => keep.push_back(item),
+            }
+        }
+        self.outbox = keep;
+        self.ttl_next = next;
+        for item in expired {
+            if item.volatile {
+                self.volatile_queued -= 1;
+            }
+            self.shared.budget.release(item.weight());
+            expire_item(item, &self.shared);
+        }
+    }
+
+    /// The server acknowledged every id up to `n`.
+    fn on_ack(&mut self, n: u64) {
+        let n = n.min(self.highest_id);
+        if n <= self.acked {
+            return;
+        }
+        self.acked = n;
+        let mut count = 0;
+        // Written ones, and re-queued ones the server had after all.
+        while let Some(item) = pop_if(&mut self.unacked, |i| i.id.is_some_and(|id| id <= n))
+            .or_else(|| pop_if(&mut self.outbox, |i| i.id.is_some_and(|id| id <= n)))
+        {
+            self.shared.budget.release(item.weight());
+            if let Some(r) = &item.receipt {
+                r.set(Status::Acknowledged);
+            }
+            count += 1;
+        }
+        Counters::add(&self.shared.counters.acknowledged, count);
+    }
+
+    /// Record acknowledgements in the journal (once per turn, not per ack).
+    fn journal_acks(&mut self) {
+        if self.acked > self.journal_acked {
+            let n = self.acked;
+            self.shared.journal(|j| j.ack(n));
+            self.journal_acked = n;
         }
     }
 
@@ -389,25 +526,65 @@ impl Io {
         log::info!("longlink: link lost: {reason}");
         let now = Instant::now();
         if let Some(conn) = self.conn.take() {
-            self.bury(conn, now);
+            self.bury(conn, now, true);
         }
         for item in self.login.drain(..) {
-            fail_item(item, &self.shared, || Error::ConnectionLost);
+            fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+        }
+        if self.volatile_queued > 0 {
+            let (volatile, keep): (VecDeque<Item>, VecDeque<Item>) =
+                self.outbox.drain(..).partition(|i| i.volatile);
+            self.outbox = keep;
+            self.volatile_queued = 0;
+            for item in volatile {
+                self.shared.budget.release(item.weight());
+                fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+            }
         }
         self.retry(now, reason);
     }
 
     /// Account for a dead connection and answer its outstanding requests.
-    fn bury(&mut self, mut conn: Conn, now: Instant) {
+    /// Unacknowledged messages go back to the front of the outbox; with
+    /// `retry`, so do idempotent requests (behind them).
+    fn bury(&mut self, mut conn: Conn, now: Instant, retry: bool) {
         let c = &self.shared.counters;
-        Counters::add(
-            &c.possibly_lost,
-            conn.written.saturating_sub(conn.confirmed),
-        );
+        Counters::add(&c.possibly_lost, conn.plain - conn.plain_confirmed);
         Counters::add(&c.heartbeat_misses, conn.live.misses());
-        for w in conn.pending.drain(now) {
-            w.answer(Err(Error::ConnectionLost));
+        for (_, r) in conn.awaiting.drain(..) {
+            r.set(Status::Failed(Failure::PossiblyLost));
         }
+        let mut again = Vec::new();
+        for mut w in conn.pending.drain(now) {
+            match w.retry.take().filter(|_| retry) {
+                Some(Retry {
+                    text,
+                    key,
+                    deadline,
+                }) => {
+                    let mut item = Item::new(text);
+                    item.written = true;
+                    item.reply = Some(ReplyTo {
+                        key,
+                        deadline,
+                        waiter: w,
+                        idempotent: true,
+                    });
+                    self.shared.budget.force_reserve(item.weight());
+                    again.push(item);
+                }
+                None => w.answer(Err(Error::ConnectionLost)),
+            }
+        }
+        // Oldest deadline first: the closest to its caller giving up.
+        again.sort_by_key(|i| i.reply.as_ref().map(|r| r.deadline));
+        for item in again.into_iter().rev() {
+            self.outbox.push_front(item);
+        }
+        while let Some(item) = self.unacked.pop_back() {
+            self.outbox.push_front(item);
+        }
+        Counters::store(&c.awaiting_ack, 0);
         self.shared.read_paused.store(false, Ordering::Release);
     }
 
@@ -415,17 +592,19 @@ impl Io {
     fn end(&mut self, reason: CloseReason, err: Option<Error>) {
         let now = Instant::now();
         if let Some(conn) = self.conn.take() {
-            self.bury(conn, now);
+            self.bury(conn, now, false);
         }
         for item in self.login.drain(..) {
-            fail_item(item, &self.shared, || Error::ConnectionLost);
+            fail_item(item, &self.shared, Failure::Closed, || Error::ConnectionLost);
         }
         let (requests, sends): (VecDeque<Item>, VecDeque<Item>) =
             self.outbox.drain(..).partition(|i| i.reply.is_some());
         self.outbox = sends;
         for item in requests {
             self.shared.budget.release(item.weight());
-            fail_item(item, &self.shared, || Error::Closed { message: None });
+            fail_item(item, &self.shared, Failure::Closed, || Error::Closed {
+                message: None,
+            });
         }
         self.shared.refusing.store(true, Ordering::SeqCst);
         if let Some(e) = err {
@@ -455,7 +634,9 @@ impl Io {
             }
         }
         if conn.readable && !conn.paused {
-            self.read(now)?;
+            let read = self.read(now);
+            self.journal_acks();
+            read?;
         }
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
@@ -470,7 +651,12 @@ impl Io {
                 }
             }
         }
-        self.write(now)?;
+        let written = self.write(now);
+        Counters::store(
+            &self.shared.counters.awaiting_ack,
+            self.unacked.len() as u64,
+        );
+        written?;
         if let Some(conn) = self.conn.as_mut() {
             conn.set_interest();
         }
@@ -531,11 +717,11 @@ impl Io {
             // tungstenite queued the pong; it goes out with the next flush.
             Frame::Ping(_) => conn.need_flush = true,
             Frame::Pong(payload) => {
-                if let Some((seq, sent, written)) = conn.ping
+                if let Some((seq, sent, written, plain)) = conn.ping
                     && payload.as_ref() == seq.to_be_bytes()
                 {
                     // The peer's WebSocket layer read every frame before the ping.
-                    conn.confirmed = conn.confirmed.max(written);
+                    conn.confirm(written, plain);
                     conn.ping = None;
                     let rtt = now.saturating_duration_since(sent).as_micros() as u64;
                     self.shared
@@ -570,6 +756,13 @@ impl Io {
             .and_then(|f| m.get(f))
             .and_then(Value::as_u64);
         let op = m.operator();
+        if shared.seq.is_some() && op == cfg.ack_operator {
+            match m.get(&cfg.msg_id_field).and_then(Value::as_u64) {
+                Some(n) => self.on_ack(n),
+                None => log::warn!("longlink: an {op:?} without a numeric id; ignored"),
+            }
+            return;
+        }
         let error_named = !cfg.error_suffix.is_empty() && op.ends_with(cfg.error_suffix.as_str());
         match conn.pending.offer(op, id, error_named, now) {
             Matched::Reply { waiter, error } => {
@@ -615,10 +808,7 @@ impl Io {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        conn.ping_seq += 1;
-        let ping = Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into());
-        write_frame(conn, ping)?;
-        conn.ping = Some((conn.ping_seq, now, conn.written));
+        conn.send_ping(now)?;
         if let Some((text, _)) = &cfg.app_heartbeat {
             write_frame(conn, Frame::Text(text.clone().into()))?;
             Counters::add(&self.shared.counters.messages_sent, 1);
@@ -636,17 +826,25 @@ impl Io {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        let counters = &self.shared.counters;
+        let shared = &self.shared;
+        let counters = &shared.counters;
         let mut n = 0u64;
         let mut bytes = 0u64;
+        let mut resent = 0u64;
         let mut result = Ok(());
         while n < WRITE_BATCH as u64 && !conn.write_blocked {
-            let item = if let Some(item) = self.login.pop_front() {
+            let mut item = if let Some(item) = self.login.pop_front() {
                 item
             } else if open {
                 match self.outbox.pop_front() {
                     Some(item) => {
-                        self.shared.budget.release(item.weight());
+                        if item.volatile {
+                            self.volatile_queued -= 1;
+                        }
+                        // At-least-once messages hold their room until acknowledged.
+                        if item.id.is_none() {
+                            shared.budget.release(item.weight());
+                        }
                         item
                     }
                     None => break,
@@ -658,42 +856,76 @@ impl Io {
                 // Its caller has given up: never send a request late.
                 continue;
             }
+            if !item.written && item.expires.is_some_and(|e| e <= now) {
+                if item.id.is_some() {
+                    shared.budget.release(item.weight());
+                }
+                expire_item(item, shared);
+                continue;
+            }
             let len = item.text.len() as u64;
-            match conn.ws.write(Frame::Text(item.text.into())) {
+            // Keep the text only if it may have to be written again.
+            let keep = item.id.is_some() || item.reply.as_ref().is_some_and(|r| r.idempotent);
+            let text = if keep {
+                item.text.clone()
+            } else {
+                std::mem::take(&mut item.text)
+            };
+            match conn.ws.write(Frame::Text(text)) {
                 Ok(()) => {}
                 // The frame is in tungstenite's buffer: never write it again.
                 Err(e) if would_block(&e) => conn.write_blocked = true,
                 Err(tungstenite::Error::WriteBufferFull(_)) => {
                     log::warn!("longlink: a {len}-byte message is too large to send; dropped");
-                    Counters::add(&counters.dropped, 1);
-                    if let Some(r) = item.reply {
-                        r.waiter.answer(Err(Error::InvalidMessage {
-                            reason: format!("{len} bytes is more than the write buffer holds"),
-                            message: Value::Null,
-                        }));
+                    if item.id.is_some() {
+                        shared.budget.release(item.weight());
                     }
+                    fail_item(item, shared, Failure::TooLarge, || Error::InvalidMessage {
+                        reason: format!("{len} bytes is more than the write buffer holds"),
+                        message: Value::Null,
+                    });
                     continue;
                 }
-                Err(e) => {
-                    // Part of it may have left: count it as written (possibly lost).
-                    conn.written += 1;
-                    if let Some(r) = item.reply {
-                        r.waiter.answer(Err(Error::ConnectionLost));
-                    }
-                    result = Err(format!("write failed: {e}"));
-                    break;
-                }
+                // Part of it may have left: account for it as written.
+                Err(e) => result = Err(format!("write failed: {e}")),
             }
             conn.written += 1;
             n += 1;
             bytes += len;
-            if let Some(r) = item.reply {
-                conn.pending.insert(r.key, r.waiter, now, r.deadline);
+            if item.written {
+                resent += 1;
+            }
+            item.written = true;
+            if let Some(r) = &item.receipt {
+                r.set(Status::Written);
+            }
+            if item.id.is_some() {
+                self.unacked.push_back(item);
+            } else {
+                conn.plain += 1;
+                if let Some(r) = item.receipt {
+                    conn.awaiting.push_back((conn.written, r));
+                }
+                if let Some(r) = item.reply {
+                    let mut waiter = r.waiter;
+                    if r.idempotent {
+                        waiter.retry = Some(Retry {
+                            text: item.text,
+                            key: r.key.clone(),
+                            deadline: r.deadline,
+                        });
+                    }
+                    conn.pending.insert(r.key, waiter, now, r.deadline);
+                }
+            }
+            if result.is_err() {
+                break;
             }
         }
         if n > 0 {
             Counters::add(&counters.messages_sent, n);
             Counters::add(&counters.bytes_sent, bytes);
+            Counters::add(&counters.resent, resent);
             conn.live.on_outbound(now);
             conn.need_flush = true;
         }
@@ -703,13 +935,7 @@ impl Io {
             // written before this ping: it narrows "possibly lost" to the
             // frames written since. One outstanding at a time, so at most
             // one ping per round trip while writing.
-            conn.ping_seq += 1;
-            write_frame(
-                conn,
-                Frame::Ping(conn.ping_seq.to_be_bytes().to_vec().into()),
-            )?;
-            conn.ping = Some((conn.ping_seq, now, conn.written));
-            conn.need_flush = true;
+            conn.send_ping(now)?;
         }
         if conn.need_flush && !conn.write_blocked {
             conn.flush()?;
@@ -743,7 +969,11 @@ impl Io {
             .filter(|c| !c.paused)
             .map(|c| c.live.next_deadline());
         let close = self.closing.as_ref().map(|(d, _)| *d);
-        [phase, live, close].into_iter().flatten().min()
+        let sync = self.shared.journal(|j| j.sync_due()).flatten();
+        [phase, live, close, self.ttl_next, sync]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Sleep in the poller until the socket, a caller or the next deadline wakes us.
@@ -805,6 +1035,7 @@ impl Io {
         match self.phase {
             Phase::Open => {
                 self.outbox.is_empty()
+                    && self.unacked.is_empty()
                     && self.login.is_empty()
                     && self.rx.is_empty()
                     && self
@@ -831,25 +1062,40 @@ impl Io {
             if let Command::Send(item) = cmd {
                 self.outbox.push_back(item);
             } else if let Command::Login { item, .. } = cmd {
-                fail_item(item, &self.shared, || Error::Closed { message: None });
+                fail_item(item, &self.shared, Failure::Closed, || Error::Closed {
+                    message: None,
+                });
             }
         }
         if let Some(mut conn) = self.conn.take() {
             if goodbye(&mut conn, deadline) {
-                conn.confirmed = conn.written;
+                conn.confirm(conn.written, conn.plain);
             }
-            self.bury(conn, Instant::now());
+            self.bury(conn, Instant::now(), false);
         }
         for item in self.login.drain(..) {
-            fail_item(item, &self.shared, || Error::Closed { message: None });
+            fail_item(item, &self.shared, Failure::Closed, || Error::Closed {
+                message: None,
+            });
         }
+        self.journal_acks();
+        let durable = self.shared.journal(|j| j.sync_pending()).is_some();
         let mut unsent = Vec::new();
+        let mut kept = 0;
         for item in self.outbox.drain(..) {
             self.shared.budget.release(item.weight());
+            if let Some(r) = &item.receipt {
+                r.set(Status::Failed(Failure::Closed));
+            }
             match item.reply {
                 Some(r) => r.waiter.answer(Err(Error::Closed { message: None })),
+                // In the journal: sent after the next start, not handed back.
+                None if durable && item.id.is_some() => kept += 1,
                 None => unsent.push(item.text),
             }
+        }
+        if kept > 0 {
+            log::info!("longlink: closed; {kept} messages stay in the journal for the next start");
         }
         if !unsent.is_empty() {
             log::warn!("longlink: closed with {} messages unsent", unsent.len());
@@ -906,10 +1152,38 @@ fn goodbye(conn: &mut Conn, deadline: Instant) -> bool {
 }
 
 /// Answer a message that will not be sent: requests get `err()`, plain
-/// sends are counted as dropped.
-fn fail_item(item: Item, shared: &Shared, err: impl FnOnce() -> Error) {
+/// sends are counted as dropped, receipts learn `why`, and the journal
+/// forgets it. The caller has already released its outbox room.
+fn fail_item(item: Item, shared: &Shared, why: Failure, err: impl FnOnce() -> Error) {
+    if let Some(r) = &item.receipt {
+        r.set(Status::Failed(why));
+    }
+    if let Some(id) = item.id {
+        shared.journal(|j| j.drop_id(id));
+    }
     match item.reply {
         Some(r) => r.waiter.answer(Err(err())),
         None => Counters::add(&shared.counters.dropped, 1),
+    }
+}
+
+/// A message whose time to live ran out before it was written.
+fn expire_item(item: Item, shared: &Shared) {
+    if let Some(r) = &item.receipt {
+        r.set(Status::Expired);
+    }
+    if let Some(id) = item.id {
+        shared.journal(|j| j.drop_id(id));
+    }
+    Counters::add(&shared.counters.expired, 1);
+    log::debug!("longlink: a message expired before it could be written");
+}
+
+/// Pop the front item if it matches.
+fn pop_if(q: &mut VecDeque<Item>, f: impl FnOnce(&Item) -> bool) -> Option<Item> {
+    if q.front().is_some_and(f) {
+        q.pop_front()
+    } else {
+        None
     }
 }
