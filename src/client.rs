@@ -580,12 +580,10 @@ impl Client {
             let journal = match &cfg.journal {
                 Some(path) => {
                     let (j, replay) =
-                        Journal::open(path, cfg.journal_sync).map_err(|source| {
-                            Error::Journal {
-                                context: format!("opening {}", path.display()),
-                                source,
-                                message: None,
-                            }
+                        Journal::open(path, cfg.journal_sync).map_err(|source| Error::Journal {
+                            context: format!("opening {}", path.display()),
+                            source,
+                            message: None,
                         })?;
                     for (id, text) in replay.messages {
                         if let Ok(m) = crate::message::decode(&text, &cfg.operator_field) {
@@ -774,7 +772,8 @@ impl Client {
     /// # Ok::<(), longlink::Error>(())
     /// ```
     pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
-        self.shared.request(Route::Outbox, msg, None, timeout, false)
+        self.shared
+            .request(Route::Outbox, msg, None, timeout, false)
     }
 
     /// [`request`](Self::request) with options: the timeout, the reply

@@ -573,10 +573,7 @@ mod tests {
         std::fs::write(&p, b"important data, not a journal").unwrap();
         let err = Journal::open(&p, JournalSync::Never).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(
-            std::fs::read(&p).unwrap(),
-            b"important data, not a journal"
-        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"important data, not a journal");
     }
 
     #[test]

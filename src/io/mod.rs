@@ -281,7 +281,9 @@ impl Io {
                 if live && self.conn.as_ref().is_some_and(|c| c.id == conn) {
                     self.login.push_back(item);
                 } else {
-                    fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+                    fail_item(item, &self.shared, Failure::NotOpen, || {
+                        Error::ConnectionLost
+                    });
                 }
             }
             Command::HookDone { conn, result } => {
@@ -332,7 +334,9 @@ impl Io {
         }
         if item.volatile && self.phase != Phase::Open {
             self.shared.budget.release(item.weight());
-            fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+            fail_item(item, &self.shared, Failure::NotOpen, || {
+                Error::ConnectionLost
+            });
             return;
         }
         if item.volatile {
@@ -529,7 +533,9 @@ impl Io {
             self.bury(conn, now, true);
         }
         for item in self.login.drain(..) {
-            fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+            fail_item(item, &self.shared, Failure::NotOpen, || {
+                Error::ConnectionLost
+            });
         }
         if self.volatile_queued > 0 {
             let (volatile, keep): (VecDeque<Item>, VecDeque<Item>) =
@@ -538,7 +544,9 @@ impl Io {
             self.volatile_queued = 0;
             for item in volatile {
                 self.shared.budget.release(item.weight());
-                fail_item(item, &self.shared, Failure::NotOpen, || Error::ConnectionLost);
+                fail_item(item, &self.shared, Failure::NotOpen, || {
+                    Error::ConnectionLost
+                });
             }
         }
         self.retry(now, reason);
@@ -581,6 +589,12 @@ impl Io {
         for item in again.into_iter().rev() {
             self.outbox.push_front(item);
         }
+        if !self.unacked.is_empty() {
+            log::debug!(
+                "longlink: {} unacknowledged messages go back to the front of the outbox",
+                self.unacked.len()
+            );
+        }
         while let Some(item) = self.unacked.pop_back() {
             self.outbox.push_front(item);
         }
@@ -595,7 +609,9 @@ impl Io {
             self.bury(conn, now, false);
         }
         for item in self.login.drain(..) {
-            fail_item(item, &self.shared, Failure::Closed, || Error::ConnectionLost);
+            fail_item(item, &self.shared, Failure::Closed, || {
+                Error::ConnectionLost
+            });
         }
         let (requests, sends): (VecDeque<Item>, VecDeque<Item>) =
             self.outbox.drain(..).partition(|i| i.reply.is_some());
@@ -1080,6 +1096,10 @@ impl Io {
         }
         self.journal_acks();
         let durable = self.shared.journal(|j| j.sync_pending()).is_some();
+        // Release the file (and its lock) now: a new client may open it.
+        if let Some(seq) = &self.shared.seq {
+            seq.lock().unwrap_or_else(|e| e.into_inner()).journal = None;
+        }
         let mut unsent = Vec::new();
         let mut kept = 0;
         for item in self.outbox.drain(..) {

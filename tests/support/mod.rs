@@ -479,3 +479,60 @@ pub fn tls_acceptor(pki: &Pki) -> native_tls::TlsAcceptor {
         native_tls::Identity::from_pkcs8(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
     native_tls::TlsAcceptor::new(id).unwrap()
 }
+
+/// What a deduplicating at-least-once server accepted.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    /// Highest message id accepted.
+    pub highest: u64,
+    /// Messages accepted (first copy of each id), in order.
+    pub accepted: Vec<Value>,
+    /// Copies of ids already accepted (dropped, but acknowledged).
+    pub duplicates: u64,
+    /// When false, nothing is acknowledged (messages are still accepted).
+    pub ack: bool,
+}
+
+/// The server side of at-least-once, as DESIGN.md describes it: a message
+/// whose `msgId` is at most the highest seen is a duplicate (dropped, still
+/// acknowledged); every message is answered with a cumulative `Ack`.
+/// Other messages go to [`ok_handler`].
+pub fn dedup_handler(state: Arc<Mutex<Dedup>>) -> Handler {
+    let ok = ok_handler();
+    Arc::new(move |v: &Value| {
+        let Some(id) = v.get("msgId").and_then(Value::as_u64) else {
+            return ok(v);
+        };
+        let mut d = state.lock().unwrap();
+        if id > d.highest {
+            d.highest = id;
+            d.accepted.push(v.clone());
+        } else {
+            d.duplicates += 1;
+        }
+        if d.ack {
+            vec![json!({"Operator": "Ack", "msgId": d.highest})]
+        } else {
+            vec![]
+        }
+    })
+}
+
+/// A deduplicating server that acknowledges.
+pub fn dedup_server() -> (Server, Arc<Mutex<Dedup>>) {
+    let state = Arc::new(Mutex::new(Dedup {
+        ack: true,
+        ..Dedup::default()
+    }));
+    let server = Server::start_with(ServerOpts {
+        handler: Some(dedup_handler(state.clone())),
+        ..ServerOpts::default()
+    });
+    (server, state)
+}
+
+/// A loopback address where nothing listens (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

@@ -1,0 +1,367 @@
+//! The durable outbox across process deaths: SIGKILL at random moments, a
+//! torn journal, a full disk. Child processes are this test binary run again
+//! with `LONGLINK_JOURNAL_CHILD` set (see `child_process_entry`).
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use longlink::{Client, Error, JournalSync};
+use serde_json::{Value, json};
+use support::{Dedup, dead_addr, dedup_server, init_log, wait_until};
+
+const CHILD: &str = "LONGLINK_JOURNAL_CHILD";
+const WAIT: Duration = Duration::from_secs(5);
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "longlink-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} not set"))
+}
+
+fn sync_policy(s: &str) -> JournalSync {
+    match s {
+        "every" => JournalSync::EveryMessage,
+        "never" => JournalSync::Never,
+        ms => JournalSync::Interval(Duration::from_millis(ms.parse().unwrap())),
+    }
+}
+
+/// Not a test of its own: the body of the child processes.
+#[test]
+fn child_process_entry() {
+    let Ok(mode) = std::env::var(CHILD) else {
+        return;
+    };
+    init_log();
+    match mode.as_str() {
+        "sender" => child_sender(),
+        "full-disk" => child_full_disk(),
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// Sends `n` = where the last process stopped .. `CHILD_N`, then waits
+/// until everything is acknowledged.
+fn child_sender() {
+    let total: u64 = var("CHILD_N").parse().unwrap();
+    let server_next: u64 = var("CHILD_SERVER_NEXT").parse().unwrap();
+    let client = Client::builder(var("CHILD_URL"))
+        .durable(var("CHILD_JOURNAL"))
+        .journal_sync(sync_policy(&var("CHILD_SYNC")))
+        .outbox_capacity(1_000_000)
+        .outbox_max_bytes(1 << 30)
+        .reconnect_min_delay(Duration::from_millis(5))
+        .start()
+        .unwrap();
+    // What the earlier process accepted: acknowledged (the server has it)
+    // or recovered from the journal (being re-sent now).
+    let recovered = client.recovered();
+    let next_recovered = recovered
+        .last()
+        .map_or(0, |m| m.get("n").and_then(Value::as_u64).unwrap() + 1);
+    let start = server_next.max(next_recovered);
+    println!("RECOVERED={} START={start}", recovered.len());
+    for n in start..total {
+        client.send(json!({"Operator": "Num", "n": n})).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(60), || {
+        client.stats().outbox_depth == 0
+    }));
+    client.close(WAIT).unwrap();
+    println!("DONE");
+}
+
+/// Sends until the journal's file-size limit makes `send` fail, checks the
+/// error, then lets everything accepted be delivered.
+fn child_full_disk() {
+    let client = Client::builder(var("CHILD_URL"))
+        .durable(var("CHILD_JOURNAL"))
+        .connect()
+        .unwrap();
+    let mut accepted = 0u64;
+    let failed = loop {
+        assert!(accepted < 100_000, "the journal never filled up");
+        match client.send(json!({"Operator": "Num", "n": accepted, "pad": "x".repeat(40)})) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(failed, Error::Journal { .. }), "{failed:?}");
+    assert!(failed.to_string().contains("journal"), "{failed}");
+    let back = failed.into_message().unwrap();
+    assert_eq!(back["n"], accepted, "the refused message is handed back");
+    assert!(
+        back.get("msgId").is_none(),
+        "handed back as the caller wrote it"
+    );
+    // Still full: refused again, nothing accepted silently.
+    let again = json!({"Operator": "Num", "n": accepted, "pad": "x".repeat(40)});
+    assert!(client.send(again).is_err());
+    assert!(wait_until(Duration::from_secs(30), || {
+        client.stats().outbox_depth == 0
+    }));
+    println!("ACCEPTED={accepted}");
+    client.close(WAIT).unwrap();
+}
+
+/// This binary, running only `child_process_entry`, in `mode`.
+fn child(mode: &str, out: &Path, envs: &[(&str, String)]) -> Child {
+    let log = std::fs::File::create(out).unwrap();
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, mode)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (bounded) for a child to exit by itself.
+fn wait_exit(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// The word after `key` in a child's output (the test harness may print
+/// on the same line).
+fn field<'a>(log: &'a str, key: &str) -> Option<&'a str> {
+    let at = log.find(key)? + key.len();
+    log[at..].split_whitespace().next()
+}
+
+fn ns(d: &Dedup) -> Vec<u64> {
+    d.accepted
+        .iter()
+        .map(|v| v["n"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn killed_processes_lose_nothing_and_duplicate_nothing() {
+    init_log();
+    // (fsync policy, messages, kill delays after start in ms)
+    let rounds: [(&str, u64); 5] = [
+        ("never", 3000),
+        ("5", 3000),
+        ("every", 400),
+        ("never", 3000),
+        ("never", 3000),
+    ];
+    let mut killed = 0;
+    for (round, (sync, total)) in rounds.into_iter().enumerate() {
+        let dir = temp_dir("kill");
+        let journal = dir.join("outbox.journal");
+        let (server, dedup) = dedup_server();
+        let kills = [fastrand::u64(5..150), fastrand::u64(5..150)];
+        let mut report = Vec::new();
+        for (i, kill) in kills.iter().map(Some).chain([None]).enumerate() {
+            let server_next = dedup
+                .lock()
+                .unwrap()
+                .accepted
+                .last()
+                .map_or(0, |v| v["n"].as_u64().unwrap() + 1);
+            let out = dir.join(format!("child-{i}.log"));
+            let mut c = child(
+                "sender",
+                &out,
+                &[
+                    ("CHILD_URL", server.url()),
+                    ("CHILD_JOURNAL", journal.display().to_string()),
+                    ("CHILD_N", total.to_string()),
+                    ("CHILD_SERVER_NEXT", server_next.to_string()),
+                    ("CHILD_SYNC", sync.to_string()),
+                ],
+            );
+            let status = match kill {
+                Some(ms) => match wait_exit(&mut c, Duration::from_millis(*ms)) {
+                    Some(s) => Some(s),
+                    None => {
+                        c.kill().unwrap(); // SIGKILL
+                        c.wait().unwrap();
+                        killed += 1;
+                        None
+                    }
+                },
+                None => wait_exit(&mut c, Duration::from_secs(120)),
+            };
+            let log = std::fs::read_to_string(&out).unwrap_or_default();
+            if kill.is_none() {
+                assert!(
+                    status.is_some_and(|s| s.success()),
+                    "round {round}: the last process failed: {status:?}\n{log}"
+                );
+            }
+            // Everything the dead process wrote has been read.
+            assert!(wait_until(WAIT, || server.live() == 0));
+            let recovered = field(&log, "RECOVERED=").unwrap_or("(none)").to_owned();
+            let fate = match (kill, status) {
+                (Some(ms), None) => format!("killed at {ms} ms"),
+                _ => "finished".to_owned(),
+            };
+            report.push(format!(
+                "{fate} (accepted so far {}, recovered {recovered})",
+                dedup.lock().unwrap().accepted.len()
+            ));
+        }
+        let d = dedup.lock().unwrap();
+        let got = ns(&d);
+        assert_eq!(got.len() as u64, total, "round {round}: {report:?}");
+        assert!(
+            got.iter().copied().eq(0..total),
+            "round {round}: not every number exactly once in order: {report:?}"
+        );
+        let ids: Vec<u64> = d
+            .accepted
+            .iter()
+            .map(|v| v["msgId"].as_u64().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids are unique");
+        eprintln!(
+            "round {round} (sync {sync}, {total} messages): {}; server dropped {} duplicates",
+            report.join(" → "),
+            d.duplicates
+        );
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(killed >= 5, "only {killed} processes were killed");
+}
+
+#[test]
+fn a_full_disk_refuses_the_message_and_loses_nothing_accepted() {
+    init_log();
+    let dir = temp_dir("full");
+    let (server, dedup) = dedup_server();
+    let exe = std::env::current_exe().unwrap();
+    let out = dir.join("child.log");
+    let log = std::fs::File::create(&out).unwrap();
+    // A file-size limit (ulimit -f, 512-byte blocks in POSIX sh) makes
+    // write(2) fail past 32 KiB; SIGXFSZ is ignored so the write reports
+    // the error instead of killing the process.
+    let mut c = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"")
+        .arg(&exe)
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "full-disk")
+        .env("CHILD_URL", server.url())
+        .env("CHILD_JOURNAL", dir.join("outbox.journal"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut c, Duration::from_secs(60));
+    let log = std::fs::read_to_string(&out).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    let accepted: u64 = field(&log, "ACCEPTED=").unwrap().parse().unwrap();
+    assert!(accepted > 10, "{accepted}");
+    let d = dedup.lock().unwrap();
+    assert!(
+        ns(&d).into_iter().eq(0..accepted),
+        "every accepted message delivered once, in order"
+    );
+    eprintln!(
+        "journal full after {accepted} messages; all {accepted} delivered, the next one refused"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_torn_journal_is_cut_and_the_rest_is_sent_in_order() {
+    init_log();
+    let dir = temp_dir("torn");
+    let path = dir.join("outbox.journal");
+    // Accept 10 messages while the server is unreachable, then stop.
+    let offline = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    for n in 0..10 {
+        offline.send(json!({"Operator": "Num", "n": n})).unwrap();
+    }
+    offline.close(Duration::from_millis(100)).unwrap();
+    // A crash in the middle of the last append, then some garbage.
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    let (server, dedup) = dedup_server();
+    let client = Client::builder(server.url())
+        .durable(&path)
+        .connect()
+        .unwrap();
+    let recovered: Vec<u64> = client
+        .recovered()
+        .iter()
+        .map(|m| m.get("n").and_then(Value::as_u64).unwrap())
+        .collect();
+    assert_eq!(recovered, (0..9).collect::<Vec<_>>());
+    assert_eq!(client.stats().recovered, 9);
+    client.send(json!({"Operator": "Num", "n": 9})).unwrap();
+    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 10));
+    let d = dedup.lock().unwrap();
+    assert!(ns(&d).into_iter().eq(0..10));
+    let ids: Vec<u64> = d
+        .accepted
+        .iter()
+        .map(|v| v["msgId"].as_u64().unwrap())
+        .collect();
+    // The torn message's id was never accepted, so it is reused.
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    drop(d);
+    client.close(WAIT).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_journal_in_use_or_not_a_journal_is_refused_with_a_clear_error() {
+    init_log();
+    let dir = temp_dir("refuse");
+    let path = dir.join("outbox.journal");
+    let url = format!("ws://{}", dead_addr());
+    let first = Client::builder(&url).durable(&path).start().unwrap();
+    let err = Client::builder(&url).durable(&path).start().unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err:?}");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("in use"), "{cause}");
+    drop(first);
+
+    let foreign = dir.join("notes.txt");
+    std::fs::write(&foreign, "precious").unwrap();
+    let err = Client::builder(&url).durable(&foreign).start().unwrap_err();
+    assert!(matches!(err, Error::Journal { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "precious");
+    let _ = std::fs::remove_dir_all(&dir);
+}
