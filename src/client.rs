@@ -604,7 +604,13 @@ impl Client {
                 }
                 None => None,
             };
-            let next = journal.as_ref().map_or(1, Journal::next_id);
+            // Ids start at the wall clock in microseconds: a restarted
+            // process continues above its predecessor even without a journal,
+            // so "id at most the highest seen" stays a valid duplicate test.
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_micros() as u64);
+            let next = journal.as_ref().map_or(clock, |j| j.next_id().max(clock));
             Some(Mutex::new(Sequencer { next, journal }))
         } else {
             None

@@ -380,7 +380,12 @@ impl ClientBuilder {
     /// kept after writing until the server acknowledges it with
     /// `{"Operator": "Ack", "msgId": N}` (cumulative: all ids up to N), and
     /// re-sent first, in order, after every reconnect and re-login. The
-    /// server drops ids it has seen (and still acknowledges them). Messages
+    /// server drops ids it has seen (and still acknowledges them). Ids
+    /// start at the wall clock in microseconds when the client starts (or
+    /// after the journal's last id, if higher), so a restarted process
+    /// continues above its predecessor and "at most the highest id seen
+    /// from this client" stays a valid duplicate test; they stay below
+    /// 2^53 (exact in JavaScript) for centuries. Messages
     /// awaiting their ack count toward the outbox bounds. Requests, volatile
     /// messages, heartbeats and the `on_open` hook's messages are not
     /// stamped. Defaults to false (at most once).

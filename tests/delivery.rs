@@ -84,9 +84,10 @@ fn a_hundred_thousand_messages_arrive_once_and_in_order_through_cuts_resets_and_
         d.accepted.len()
     );
     assert_eq!(d.accepted.len() as u64, N, "{stats:?}");
+    let first = d.accepted[0]["msgId"].as_u64().unwrap();
     for (i, v) in d.accepted.iter().enumerate() {
         assert_eq!(v["seq"], i as u64, "out of order at {i}");
-        assert_eq!(v["msgId"], i as u64 + 1, "ids are consecutive from 1");
+        assert_eq!(v["msgId"], first + i as u64, "ids are consecutive");
     }
     assert!(faults >= 400, "only {faults} faults");
     assert_eq!(stats.acknowledged, N);
@@ -147,9 +148,10 @@ fn unacknowledged_messages_are_resent_first_after_the_relogin_with_their_ids() {
         .iter()
         .map(|v| v["msgId"].as_u64().unwrap())
         .collect();
+    let first = ids[0];
     assert_eq!(
         ids,
-        [1, 2, 3, 4, 5, 6],
+        (first..first + 6).collect::<Vec<_>>(),
         "re-sent first, in order, then the rest"
     );
     let d = dedup.lock().unwrap();
@@ -183,7 +185,12 @@ fn receipts_are_confirmed_by_pong_or_acknowledged_by_the_server() {
         .send_with(json!({"Operator": "Post"}), SendOptions::new())
         .unwrap();
     assert_eq!(r.wait(WAIT), Status::Acknowledged);
-    assert_eq!(r.msg_id(), Some(1));
+    let id = r.msg_id().unwrap();
+    let r2 = alo
+        .send_with(json!({"Operator": "Post"}), SendOptions::new())
+        .unwrap();
+    assert_eq!(r2.wait(WAIT), Status::Acknowledged);
+    assert_eq!(r2.msg_id(), Some(id + 1));
 }
 
 #[test]
@@ -199,7 +206,11 @@ fn a_receipt_says_possibly_lost_when_the_link_dies_before_a_pong() {
     let r = client
         .send_with(json!({"Operator": "FireA"}), SendOptions::new())
         .unwrap();
-    assert!(wait_until(WAIT, || r.status() == Status::Written));
+    assert!(
+        wait_until(WAIT, || r.status() == Status::Written),
+        "{:?}",
+        r.status()
+    );
     proxy.cut();
     assert_eq!(r.wait(WAIT), Status::Failed(Failure::PossiblyLost));
     assert!(client.stats().possibly_lost >= 1);
@@ -340,5 +351,31 @@ fn an_idempotent_request_is_resent_after_a_reconnect_and_others_fail_as_lost() {
         } else {
             assert!(result.unwrap_err().is_connection_lost());
         }
+    }
+}
+
+#[test]
+fn close_waits_for_acknowledgements_and_hands_back_what_was_not_acknowledged() {
+    init_log();
+    let dedup = Arc::new(Mutex::new(support::Dedup::default())); // never acks
+    let server = Server::start_with(ServerOpts {
+        handler: Some(dedup_handler(dedup.clone())),
+        ..ServerOpts::default()
+    });
+    let client = Client::builder(server.url())
+        .at_least_once(true)
+        .connect()
+        .unwrap();
+    for n in 0..3 {
+        client.send(json!({"Operator": "Post", "n": n})).unwrap();
+    }
+    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 3));
+    match client.close(Duration::from_millis(300)) {
+        Err(Error::Unsent { messages }) => {
+            let ns: Vec<&Value> = messages.iter().map(|m| &m["n"]).collect();
+            assert_eq!(ns, [0, 1, 2], "written but never acknowledged");
+            assert!(messages.iter().all(|m| m["msgId"].is_u64()));
+        }
+        other => panic!("{other:?}"),
     }
 }

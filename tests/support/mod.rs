@@ -423,8 +423,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, pipe: Arc<Pipe>) {
                 return;
             }
             Ok(n) => {
-                if pipe.mode.load(Ordering::SeqCst) == BLACKHOLE {
-                    continue; // swallowed
+                // Data read just as the mode changed obeys the new mode.
+                let mode = loop {
+                    match pipe.mode.load(Ordering::SeqCst) {
+                        STALL => thread::sleep(Duration::from_millis(2)),
+                        m => break m,
+                    }
+                };
+                match mode {
+                    BLACKHOLE => continue,   // swallowed
+                    CUT | RESET => continue, // handled at the top of the loop
+                    _ => {}
                 }
                 let d = pipe.delay_ms.load(Ordering::SeqCst);
                 if d > 0 {
