@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use longlink::{Client, CloseReason, Error, Expect, LinkState};
+use longlink::{Client, CloseReason, Error, Expect, LinkState, SendOptions, Status};
 use serde_json::{Value, json};
 use support::{Proxy, Seen, Server, ServerOpts, init_log, wait_until};
 
@@ -54,17 +54,19 @@ fn login_runs_before_any_buffered_message_on_every_reconnect() {
             client.state(),
             LinkState::Open
         )));
+        let mut last = None;
         for _ in 0..20 {
-            client
-                .send(json!({"Operator": "FirePost", "seq": seq}))
-                .unwrap();
+            let post = json!({"Operator": "FirePost", "seq": seq});
+            last = Some(client.send_with(post, SendOptions::new()).unwrap());
             seq += 1;
         }
         proxy.restore();
         client.reconnect_now();
-        assert!(
-            wait_until(Duration::from_secs(10), || client.stats().outbox_depth == 0
-                && client.state() == LinkState::Open),
+        // A pong after the last post: the server has read this round's
+        // posts, so the next fault cannot swallow them in flight.
+        assert_eq!(
+            last.unwrap().wait(Duration::from_secs(10)),
+            Status::Confirmed,
             "round {round}: {:?}",
             client.stats()
         );
