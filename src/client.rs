@@ -57,7 +57,8 @@ pub(crate) struct Item {
     pub(crate) text: Utf8Bytes,
     /// Bytes counted in the outbox budget.
     pub(crate) weight: usize,
-    pub(crate) reply: Option<ReplyTo>,
+    /// Boxed: most messages are not requests, and items travel by value.
+    pub(crate) reply: Option<Box<ReplyTo>>,
     /// At-least-once id, stamped in the text.
     pub(crate) id: Option<u64>,
     /// Drop it if not written by then.
@@ -393,12 +394,12 @@ impl Shared {
             retry: None,
         };
         let mut item = Item::new(text);
-        item.reply = Some(ReplyTo {
+        item.reply = Some(Box::new(ReplyTo {
             key,
             deadline,
             waiter,
             idempotent,
-        });
+        }));
         self.submit(route, item, false)?;
         match rx.recv_deadline(deadline) {
             Ok(r) => r,
@@ -1036,5 +1037,26 @@ impl Subscription {
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Registry")
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_stay_small() {
+        // Every message travels by value through the 64K-slot command
+        // channel and the outbox: doubling this cost 20-30 % of throughput.
+        assert!(size_of::<Command>() <= 128, "{}", size_of::<Command>());
+        assert!(size_of::<Item>() <= 112, "{}", size_of::<Item>());
+    }
+
+    #[test]
+    fn the_id_is_spliced_in_front_of_the_encoded_object() {
+        assert_eq!(stamp_text("{}", "\"msgId\":", 7), "{\"msgId\":7}");
+        assert_eq!(
+            stamp_text("{\"Operator\":\"X\"}", "\"msgId\":", 12),
+            "{\"msgId\":12,\"Operator\":\"X\"}"
+        );
     }
 }

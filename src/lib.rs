@@ -92,7 +92,7 @@
 //!
 //! ## Delivery modes
 //!
-//! | mode | turn on | guarantees | costs (measured, `cargo bench --bench delivery`) |
+//! | mode | turn on | guarantees | costs (measured, `cargo bench --bench throughput`) |
 //! |---|---|---|---|
 //! | at most once | default | order; each message leaves once; a message written into a link that then dies may be lost: counted in `possibly_lost`, reported per message by a receipt | 485k msg/s, 2.0 µs per `send` |
 //! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.77× (372k msg/s, 2.7 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~25 bytes of `msgId` per message |

@@ -117,22 +117,38 @@ fn child_full_disk() {
     client.close(WAIT).unwrap();
 }
 
-/// This binary, running only `child_process_entry`, in `mode`.
-fn child(mode: &str, out: &Path, envs: &[(&str, String)]) -> Child {
+/// This binary, running only `child_process_entry`, in `mode`. With
+/// `max_file_blocks`, under a file-size limit (`ulimit -f`, 512-byte blocks
+/// in POSIX sh) with SIGXFSZ ignored, so a write past it fails with an
+/// error instead of killing the process: a disk that is full for it.
+fn child(mode: &str, out: &Path, envs: &[(&str, String)], max_file_blocks: Option<u32>) -> Child {
     let log = std::fs::File::create(out).unwrap();
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, mode)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match max_file_blocks {
+        Some(blocks) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\""
+                ))
+                .arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.args([
+        "--exact",
+        "child_process_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD, mode)
+    .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .unwrap()
 }
 
 /// Wait (bounded) for a child to exit by itself.
@@ -197,6 +213,7 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
                     ("CHILD_SERVER_NEXT", server_next.to_string()),
                     ("CHILD_SYNC", sync.to_string()),
                 ],
+                None,
             );
             let status = match kill {
                 Some(ms) => match wait_exit(&mut c, Duration::from_millis(*ms)) {
@@ -258,30 +275,20 @@ fn a_full_disk_refuses_the_message_and_loses_nothing_accepted() {
     init_log();
     let dir = temp_dir("full");
     let (server, dedup) = dedup_server();
-    let exe = std::env::current_exe().unwrap();
     let out = dir.join("child.log");
-    let log = std::fs::File::create(&out).unwrap();
-    // A file-size limit (ulimit -f, 512-byte blocks in POSIX sh) makes
-    // write(2) fail past 32 KiB; SIGXFSZ is ignored so the write reports
-    // the error instead of killing the process.
-    let mut c = Command::new("sh")
-        .arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"")
-        .arg(&exe)
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "full-disk")
-        .env("CHILD_URL", server.url())
-        .env("CHILD_JOURNAL", dir.join("outbox.journal"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Writes past 32 KiB fail.
+    let mut c = child(
+        "full-disk",
+        &out,
+        &[
+            ("CHILD_URL", server.url()),
+            (
+                "CHILD_JOURNAL",
+                dir.join("outbox.journal").display().to_string(),
+            ),
+        ],
+        Some(64),
+    );
     let status = wait_exit(&mut c, Duration::from_secs(60));
     let log = std::fs::read_to_string(&out).unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");

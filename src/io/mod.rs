@@ -572,12 +572,12 @@ impl Io {
                 }) => {
                     let mut item = Item::new(text);
                     item.written = true;
-                    item.reply = Some(ReplyTo {
+                    item.reply = Some(Box::new(ReplyTo {
                         key,
                         deadline,
                         waiter: w,
                         idempotent: true,
-                    });
+                    }));
                     self.shared.budget.force_reserve(item.weight());
                     again.push(item);
                 }
@@ -923,15 +923,20 @@ impl Io {
                     conn.awaiting.push_back((conn.written, r));
                 }
                 if let Some(r) = item.reply {
-                    let mut waiter = r.waiter;
-                    if r.idempotent {
+                    let ReplyTo {
+                        key,
+                        deadline,
+                        mut waiter,
+                        idempotent,
+                    } = *r;
+                    if idempotent {
                         waiter.retry = Some(Retry {
                             text: item.text,
-                            key: r.key.clone(),
-                            deadline: r.deadline,
+                            key: key.clone(),
+                            deadline,
                         });
                     }
-                    conn.pending.insert(r.key, waiter, now, r.deadline);
+                    conn.pending.insert(key, waiter, now, deadline);
                 }
             }
             if result.is_err() {
