@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     /// `"msgId":` ready to splice into a message.
     stamp_key: String,
     recovered: Vec<Message>,
+    /// Journal drops waiting for the journal lock.
+    pub(crate) pending_drops: Mutex<Vec<u64>>,
 }
 
 thread_local! {
@@ -222,11 +224,41 @@ impl Shared {
         }
     }
 
-    /// Run `f` on the journal, if the outbox is durable.
+    /// Run `f` on the journal, if the outbox is durable. Blocks for the
+    /// lock: only where no sender can hold it (close).
     pub(crate) fn journal<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> Option<R> {
+        self.cfg.journal.as_ref()?;
         let seq = self.seq.as_ref()?;
         let mut g = seq.lock().unwrap_or_else(|e| e.into_inner());
         g.journal.as_mut().map(f)
+    }
+
+    /// Run `f` on the journal if the lock is free right now. The I/O thread
+    /// uses only this: a sender holds the lock while it pushes into the
+    /// command channel, which may wait for the I/O thread to drain it.
+    pub(crate) fn try_journal<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> Option<R> {
+        self.cfg.journal.as_ref()?;
+        let seq = self.seq.as_ref()?;
+        let mut g = match seq.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        g.journal.as_mut().map(f)
+    }
+
+    /// Record that message `id` will never be sent: now if the journal is
+    /// free, else at the I/O thread's next turn.
+    pub(crate) fn journal_drop(&self, id: u64) {
+        if self.cfg.journal.is_none() {
+            return;
+        }
+        if self.try_journal(|j| j.drop_id(id)).is_none() {
+            self.pending_drops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+        }
     }
 
     /// Whether messages on `route` with `opts` get an at-least-once id.
@@ -653,6 +685,7 @@ impl Client {
             seq,
             stamp_key,
             recovered,
+            pending_drops: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let dispatcher = Worker::spawn("longlink-dispatch", move || dispatch::run(s, drx))?;

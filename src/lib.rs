@@ -92,11 +92,11 @@
 //!
 //! ## Delivery modes
 //!
-//! | mode | turn on | guarantees | costs (measured, `cargo bench --bench throughput`) |
+//! | mode | turn on | guarantees | costs (`cargo bench --bench throughput`, median of 3; runs on a 2-core machine vary by ±20 %) |
 //! |---|---|---|---|
-//! | at most once | default | order; each message leaves once; a message written into a link that then dies may be lost: counted in `possibly_lost`, reported per message by a receipt | 485k msg/s, 2.0 µs per `send` |
-//! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.77× (372k msg/s, 2.7 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~25 bytes of `msgId` per message |
-//! | durable | [`durable(path)`](ClientBuilder::durable) | at least once, and accepted messages survive a crash, kill or restart of the process: the next client on the same file sends them, same ids, in order | 0.33× (160k msg/s, 6.2 µs per `send`: one `write(2)` per message) with `JournalSync::Interval(1 s)` (default) or `Never`; `EveryMessage` survives power loss too at one `fdatasync` per message (2.6k msg/s, 0.38 ms per `send` on this machine's disk) |
+//! | at most once | default | order; each message leaves once; a message written into a link that then dies may be lost: counted in `possibly_lost`, reported per message by a receipt | 694k msg/s (0.81× raw tungstenite), 1.4 µs per `send` |
+//! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.91× (634k msg/s, 1.2 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~25 bytes of `msgId` per message |
+//! | durable | [`durable(path)`](ClientBuilder::durable) | at least once, and accepted messages survive a crash, kill or restart of the process: the next client on the same file sends them, same ids, in order | 0.23–0.30× (162k–206k msg/s, 4.9–6.2 µs per `send`: one `write(2)` per message) with `JournalSync::Interval(1 s)` (default) or `Never`; `EveryMessage` survives power loss too at one `fdatasync` per message (3.0k msg/s, 0.33 ms per `send` on the 2-core development machine's disk) |
 //!
 //! ```no_run
 //! # use longlink::{Client, JournalSync};

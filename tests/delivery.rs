@@ -379,3 +379,23 @@ fn close_waits_for_acknowledgements_and_hands_back_what_was_not_acknowledged() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_message_too_large_to_write_fails_alone_and_the_link_goes_on() {
+    init_log();
+    let server = Server::start();
+    let client = Client::builder(server.url())
+        .outbox_max_bytes(1024)
+        .max_message_size(1024)
+        .connect()
+        .unwrap();
+    let huge = json!({"Operator": "FireHuge", "blob": "x".repeat(1 << 20)});
+    let r = client.send_with(huge, SendOptions::new()).unwrap();
+    assert_eq!(r.wait(WAIT), Status::Failed(Failure::TooLarge));
+    let after = client
+        .send_with(json!({"Operator": "FireAfter"}), SendOptions::new())
+        .unwrap();
+    assert_eq!(after.wait(WAIT), Status::Confirmed);
+    assert_eq!(server.next_text(WAIT).unwrap()["Operator"], "FireAfter");
+    assert_eq!(client.stats().connects, 1);
+}

@@ -247,7 +247,7 @@ impl Io {
             let now = Instant::now();
             self.take_commands(now);
             self.expire(now);
-            self.shared.journal(|j| j.sync_if_due(now));
+            self.journal_turn(now);
             if self.close_ready(now) {
                 self.finish();
                 return;
@@ -414,12 +414,39 @@ impl Io {
         Counters::add(&self.shared.counters.acknowledged, count);
     }
 
+    /// Journal upkeep that waits for nobody: drops recorded while it was
+    /// busy, the interval sync.
+    fn journal_turn(&mut self, now: Instant) {
+        let drops = std::mem::take(
+            &mut *self
+                .shared
+                .pending_drops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let done = self.shared.try_journal(|j| {
+            for &id in &drops {
+                j.drop_id(id);
+            }
+            j.sync_if_due(now);
+        });
+        if done.is_none() && !drops.is_empty() {
+            self.shared
+                .pending_drops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(drops);
+        }
+    }
+
     /// Record acknowledgements in the journal (once per turn, not per ack).
     fn journal_acks(&mut self) {
         if self.acked > self.journal_acked {
             let n = self.acked;
-            self.shared.journal(|j| j.ack(n));
-            self.journal_acked = n;
+            // Busy (a sender is appending): try again next turn.
+            if self.shared.try_journal(|j| j.ack(n)).is_some() {
+                self.journal_acked = n;
+            }
         }
     }
 
@@ -990,7 +1017,7 @@ impl Io {
             .filter(|c| !c.paused)
             .map(|c| c.live.next_deadline());
         let close = self.closing.as_ref().map(|(d, _)| *d);
-        let sync = self.shared.journal(|j| j.sync_due()).flatten();
+        let sync = self.shared.try_journal(|j| j.sync_due()).flatten();
         [phase, live, close, self.ttl_next, sync]
             .into_iter()
             .flatten()
@@ -1099,8 +1126,25 @@ impl Io {
                 message: None,
             });
         }
-        self.journal_acks();
-        let durable = self.shared.journal(|j| j.sync_pending()).is_some();
+        // No sender can hold the journal now: wait for it.
+        let drops = std::mem::take(
+            &mut *self
+                .shared
+                .pending_drops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let acked = self.acked;
+        let durable = self
+            .shared
+            .journal(|j| {
+                j.ack(acked);
+                for id in drops {
+                    j.drop_id(id);
+                }
+                j.sync_pending();
+            })
+            .is_some();
         // Release the file (and its lock) now: a new client may open it.
         if let Some(seq) = &self.shared.seq {
             seq.lock().unwrap_or_else(|e| e.into_inner()).journal = None;
@@ -1183,8 +1227,9 @@ fn fail_item(item: Item, shared: &Shared, why: Failure, err: impl FnOnce() -> Er
     if let Some(r) = &item.receipt {
         r.set(Status::Failed(why));
     }
-    if let Some(id) = item.id {
-        shared.journal(|j| j.drop_id(id));
+    // Closed: a journaled message stays for the next start.
+    if let Some(id) = item.id.filter(|_| why != Failure::Closed) {
+        shared.journal_drop(id);
     }
     match item.reply {
         Some(r) => r.waiter.answer(Err(err())),
@@ -1198,7 +1243,7 @@ fn expire_item(item: Item, shared: &Shared) {
         r.set(Status::Expired);
     }
     if let Some(id) = item.id {
-        shared.journal(|j| j.drop_id(id));
+        shared.journal_drop(id);
     }
     Counters::add(&shared.counters.expired, 1);
     log::debug!("longlink: a message expired before it could be written");
