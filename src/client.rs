@@ -927,10 +927,16 @@ impl Client {
 
     /// Flushes what is queued until `timeout`, sends a Close frame, stops and
     /// joins both threads. New messages are refused from the start of the
-    /// call. If the link is not open, nothing more can be flushed.
+    /// call. If the link is not open, nothing more can be flushed. Under
+    /// at-least-once it also waits (within `timeout`) for the
+    /// acknowledgements; messages not acknowledged count as unsent. With a
+    /// durable outbox they are not handed back: they stay in the journal
+    /// and are sent by the next client started on it. The journal file is
+    /// released.
     ///
     /// # Errors
-    /// [`Error::Unsent`] with the messages that did not leave;
+    /// [`Error::Unsent`] with the messages that did not leave (or were not
+    /// acknowledged), in order;
     /// [`Error::Closed`] if already closed; [`Error::Timeout`] if the I/O
     /// thread did not finish in time (it then finishes alone).
     pub fn close(&self, timeout: Duration) -> Result<(), Error> {

@@ -238,6 +238,16 @@ impl Journal {
         }
     }
 
+    /// At close: shrink the file to its header if nothing is left to send.
+    pub(crate) fn compact_if_empty(&mut self) {
+        if self.live.is_empty()
+            && self.len > 4096
+            && let Err(e) = self.compact()
+        {
+            log::warn!("longlink: journal: compaction at close failed: {e}");
+        }
+    }
+
     /// Flush to disk now whatever was written (at close).
     pub(crate) fn sync_pending(&mut self) {
         if self.dirty {

@@ -1142,6 +1142,7 @@ impl Io {
                 for id in drops {
                     j.drop_id(id);
                 }
+                j.compact_if_empty();
                 j.sync_pending();
             })
             .is_some();
