@@ -164,6 +164,8 @@ pub(crate) struct Shared {
     recovered: Vec<Message>,
     /// Journal drops waiting for the journal lock.
     pub(crate) pending_drops: Mutex<Vec<u64>>,
+    /// Highest acknowledgement, to be recorded in the journal.
+    pub(crate) journal_ack: AtomicU64,
 }
 
 thread_local! {
@@ -247,6 +249,16 @@ impl Shared {
         g.journal.as_mut().map(f)
     }
 
+    /// Record the acknowledgements and drops the I/O thread could not.
+    pub(crate) fn journal_catch_up(&self, j: &mut Journal) {
+        j.ack(self.journal_ack.load(Ordering::Acquire));
+        let drops =
+            std::mem::take(&mut *self.pending_drops.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in drops {
+            j.drop_id(id);
+        }
+    }
+
     /// Record that message `id` will never be sent: now if the journal is
     /// free, else at the I/O thread's next turn.
     pub(crate) fn journal_drop(&self, id: u64) {
@@ -328,6 +340,11 @@ impl Shared {
                         source,
                         message: hand_back(&plain),
                     });
+                }
+                if let Some(j) = g.journal.as_mut() {
+                    // The I/O thread only tries the lock; while senders keep
+                    // it busy they record its acknowledgements and drops.
+                    self.journal_catch_up(j);
                 }
                 g.next += 1;
                 item.id = Some(id);
@@ -686,6 +703,7 @@ impl Client {
             stamp_key,
             recovered,
             pending_drops: Mutex::new(Vec::new()),
+            journal_ack: AtomicU64::new(0),
         });
         let s = shared.clone();
         let dispatcher = Worker::spawn("longlink-dispatch", move || dispatch::run(s, drx))?;

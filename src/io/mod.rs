@@ -417,33 +417,19 @@ impl Io {
     /// Journal upkeep that waits for nobody: drops recorded while it was
     /// busy, the interval sync.
     fn journal_turn(&mut self, now: Instant) {
-        let drops = std::mem::take(
-            &mut *self
-                .shared
-                .pending_drops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        let done = self.shared.try_journal(|j| {
-            for &id in &drops {
-                j.drop_id(id);
-            }
+        let shared = &self.shared;
+        shared.try_journal(|j| {
+            shared.journal_catch_up(j);
             j.sync_if_due(now);
         });
-        if done.is_none() && !drops.is_empty() {
-            self.shared
-                .pending_drops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(drops);
-        }
     }
 
     /// Record acknowledgements in the journal (once per turn, not per ack).
     fn journal_acks(&mut self) {
-        if self.acked > self.journal_acked {
+        if self.acked > self.journal_acked && self.shared.cfg.journal.is_some() {
             let n = self.acked;
-            // Busy (a sender is appending): try again next turn.
+            self.shared.journal_ack.store(n, Ordering::Release);
+            // Busy: the sender holding it records it, or we try next turn.
             if self.shared.try_journal(|j| j.ack(n)).is_some() {
                 self.journal_acked = n;
             }
@@ -1127,21 +1113,11 @@ impl Io {
             });
         }
         // No sender can hold the journal now: wait for it.
-        let drops = std::mem::take(
-            &mut *self
-                .shared
-                .pending_drops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        let acked = self.acked;
-        let durable = self
-            .shared
+        self.shared.journal_ack.store(self.acked, Ordering::Release);
+        let shared = &self.shared;
+        let durable = shared
             .journal(|j| {
-                j.ack(acked);
-                for id in drops {
-                    j.drop_id(id);
-                }
+                shared.journal_catch_up(j);
                 j.compact_if_empty();
                 j.sync_pending();
             })
