@@ -150,6 +150,8 @@
 //!   [`ClientBuilder::tls_root_certificate_pem`].
 //! - `rustls`: `wss://` through rustls and the webpki roots, used when
 //!   `native-tls` is off.
+//! - `testkit`: the `testkit` module, a scriptable WebSocket server and a
+//!   fault-injecting TCP proxy to test your application across disconnects.
 //!
 //! ## Logging
 //!
@@ -172,6 +174,8 @@ mod message;
 mod outbox;
 mod pending;
 mod state;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use client::{Client, Expect, Link, Subscription, WeakClient};
 pub use config::ClientBuilder;

@@ -104,7 +104,7 @@ fn unacknowledged_messages_are_resent_first_after_the_relogin_with_their_ids() {
     init_log();
     let dedup = Arc::new(Mutex::new(support::Dedup::default())); // no acks yet
     let server = Server::start_with(ServerOpts {
-        handler: Some(dedup_handler(dedup.clone())),
+        handler: Some(dedup_handler(dedup.clone(), support::ok_handler())),
         ..ServerOpts::default()
     });
     let client = Client::builder(server.url())
@@ -359,7 +359,7 @@ fn close_waits_for_acknowledgements_and_hands_back_what_was_not_acknowledged() {
     init_log();
     let dedup = Arc::new(Mutex::new(support::Dedup::default())); // never acks
     let server = Server::start_with(ServerOpts {
-        handler: Some(dedup_handler(dedup.clone())),
+        handler: Some(dedup_handler(dedup.clone(), support::ok_handler())),
         ..ServerOpts::default()
     });
     let client = Client::builder(server.url())
