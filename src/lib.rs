@@ -20,20 +20,23 @@
 //! let client = Client::builder("wss://example.com/ws")
 //!     .heartbeat_interval(Duration::from_secs(25))
 //!     .app_heartbeat(json!({"Operator": "Heart"}), "HeartOK")
+//!     .at_least_once(true) // msgId + Ack: re-sent until acknowledged
 //!     // Runs after every (re)connect, before anything buffered is sent.
 //!     .on_open(|link| {
-//!         link.request_expect(
+//!         let ok = link.request_expect(
 //!             json!({"Operator": "userLogin", "userCode": "abc"}),
-//!             Expect::reply("LoginOK").or_error("LoginError"),
+//!             Expect::reply("LoginOK").or_error("BanLogin"),
 //!             Duration::from_secs(5),
-//!         )
-//!         .map(drop)
+//!         )?; // a reply goes to its request, not to subscribers
+//!         println!("logged in as {}", ok.value()["openId"]);
+//!         Ok(())
 //!     })
 //!     .connect()?;
 //!
-//! let _sub = client.on("LoginOK", |msg| println!("logged in as {}", msg.value()["openId"]));
+//! // Messages no request waits for go to subscribers, by operator.
+//! let _sub = client.on("CreateInvitationOK", |msg| println!("posted #{}", msg.value()["id"]));
 //! client.on_state(|s| println!("link is {s:?}"));
-//! client.send(json!({"Operator": "CreateInvitation", "Table": "hi"}))?; // queued, never lost silently
+//! client.send(json!({"Operator": "CreateInvitation", "Table": "hi"}))?; // queued, in order
 //! let page = client.request(json!({"Operator": "GetInvitation", "limt": 10}), Duration::from_secs(5))?;
 //! println!("{}", page.value()["data"]);
 //! client.close(Duration::from_secs(2))?;

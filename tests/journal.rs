@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use longlink::{Client, Error, JournalSync};
+use longlink::{Client, Error, JournalSync, Overflow};
 use serde_json::{Value, json};
 use support::{Dedup, dead_addr, dedup_server, init_log, wait_until};
 
@@ -382,6 +382,7 @@ fn the_journal_is_compacted_and_does_not_grow_without_bound() {
     let (server, dedup) = dedup_server();
     let client = Client::builder(server.url())
         .durable(&path)
+        .outbox_overflow(Overflow::Block(Duration::from_secs(30)))
         .connect()
         .unwrap();
     const N: usize = 40_000;
