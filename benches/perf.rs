@@ -1,0 +1,623 @@
+//! The performance harness: `cargo bench --bench perf`.
+//!
+//! Each figure is measured side by side with its baseline in the same run,
+//! against a WebSocket server in a separate process (this binary run again
+//! with `LONGLINK_PERF_SERVER=1`), over loopback, with 64-byte text
+//! messages. It ends with one summary table (figure, ours, baseline, ratio)
+//! and writes `target/bench-summary.json` to compare across commits.
+//!
+//! 1. one-way throughput, one caller thread: `Client::send` vs raw
+//!    tungstenite `send()` per message and `write()` + `flush()` per 64, and
+//!    vs tokio-tungstenite (`feed` + `flush` per 64);
+//! 2. the same with 4 caller threads sharing one `Client`;
+//! 3. request/reply round trip p50 and p99, by name and by correlation id,
+//!    vs raw tungstenite ping-pong of the same bytes and vs tokio-tungstenite;
+//! 4. idle cost: CPU time and wake-ups of the I/O thread over 10 s;
+//! 5. failure timing: black hole → dead verdict vs the configured deadline;
+//!    server back → first buffered message delivered.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use longlink::testkit::{Proxy, Seen, Server, ServerOpts};
+use longlink::{Client, LinkState, Overflow};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+const N: u64 = 200_000;
+const RTT_ROUNDS: usize = 5_000;
+const SERVER_ENV: &str = "LONGLINK_PERF_SERVER";
+
+// ---------------------------------------------------------------- server
+
+/// The server process: per connection, count text frames; answer `End`
+/// with `Done{count}` and `Echo` with `EchoOK` (echoing `reqId`).
+fn run_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("PORT={}", listener.local_addr().expect("addr").port());
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let Ok(mut ws) = tungstenite::accept(stream) else {
+                return;
+            };
+            let mut count = 0u64;
+            while let Ok(m) = ws.read() {
+                let Message::Text(t) = m else { continue };
+                let t = t.as_str();
+                let reply = if t.contains("\"Echo\"") {
+                    let v: Value = serde_json::from_str(t).unwrap_or(Value::Null);
+                    json!({"Operator": "EchoOK", "reqId": v.get("reqId")})
+                } else if t.contains("\"End\"") {
+                    let done = json!({"Operator": "Done", "count": count});
+                    count = 0;
+                    done
+                } else {
+                    count += 1;
+                    continue;
+                };
+                if ws.send(Message::Text(reply.to_string().into())).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_process() -> ServerProcess {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .env(SERVER_ENV, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning the server process");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("port line");
+    let port = line.trim().strip_prefix("PORT=").expect("PORT=").to_owned();
+    ServerProcess {
+        child,
+        url: format!("ws://127.0.0.1:{port}"),
+    }
+}
+
+// ---------------------------------------------------------------- payloads
+
+/// A 64-byte message.
+fn msg(seq: u64) -> Value {
+    let base = json!({"Operator": "Bench", "seq": seq, "pad": ""}).to_string();
+    let pad = "x".repeat(64usize.saturating_sub(base.len()));
+    json!({"Operator": "Bench", "seq": seq, "pad": pad})
+}
+
+fn text(v: &Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn end() -> Value {
+    json!({"Operator": "End"})
+}
+
+fn echo(i: u64) -> Value {
+    json!({"Operator": "Echo", "reqId": i, "pad": "yyyyyyyyyyyyyyyyyyyy"})
+}
+
+fn count_of(v: &Value) -> u64 {
+    v["count"].as_u64().unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- raw tungstenite
+
+fn raw_connect(url: &str) -> tungstenite::WebSocket<TcpStream> {
+    let stream = TcpStream::connect(url.trim_start_matches("ws://")).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    tungstenite::client(url, stream).expect("handshake").0
+}
+
+fn raw_read_op(ws: &mut tungstenite::WebSocket<TcpStream>, op: &str) -> Value {
+    loop {
+        if let Message::Text(t) = ws.read().expect("read") {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            if v["Operator"] == op {
+                return v;
+            }
+        }
+    }
+}
+
+/// Messages per second, raw, flushing every `batch` frames.
+fn raw_throughput(url: &str, batch: u64) -> f64 {
+    let mut ws = raw_connect(url);
+    let start = Instant::now();
+    for i in 0..N {
+        ws.write(text(&msg(i))).expect("write");
+        if i % batch == batch - 1 {
+            ws.flush().expect("flush");
+        }
+    }
+    ws.send(text(&end())).expect("end");
+    let done = raw_read_op(&mut ws, "Done");
+    assert_eq!(count_of(&done), N);
+    N as f64 / start.elapsed().as_secs_f64()
+}
+
+fn raw_rtt(url: &str) -> Vec<Duration> {
+    let mut ws = raw_connect(url);
+    (0..RTT_ROUNDS as u64 + 200)
+        .map(|i| {
+            let t = Instant::now();
+            ws.send(text(&echo(i))).expect("send");
+            raw_read_op(&mut ws, "EchoOK");
+            t.elapsed()
+        })
+        .skip(200)
+        .collect()
+}
+
+// ---------------------------------------------------------------- longlink
+
+fn ours(url: &str) -> Client {
+    Client::builder(url)
+        .outbox_capacity(N as usize)
+        .outbox_max_bytes(1 << 30)
+        .outbox_overflow(Overflow::Block(Duration::from_secs(60)))
+        .connect()
+        .expect("connect")
+}
+
+fn ours_throughput(url: &str, threads: u64) -> f64 {
+    let client = ours(url);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let c = client.clone();
+            thread::spawn(move || {
+                for i in (t..N).step_by(threads as usize) {
+                    c.send(msg(i)).expect("send");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("sender");
+    }
+    let done = client
+        .request_expect(
+            end(),
+            longlink::Expect::reply("Done"),
+            Duration::from_secs(120),
+        )
+        .expect("Done");
+    assert_eq!(count_of(done.value()), N);
+    let rate = N as f64 / start.elapsed().as_secs_f64();
+    let _ = client.close(Duration::from_secs(2));
+    rate
+}
+
+fn ours_rtt(url: &str, by_id: bool) -> Vec<Duration> {
+    let mut b = Client::builder(url);
+    if by_id {
+        b = b.correlation_field("reqId");
+    }
+    let client = b.connect().expect("connect");
+    let out = (0..RTT_ROUNDS as u64 + 200)
+        .map(|i| {
+            let t = Instant::now();
+            client
+                .request(echo(i), Duration::from_secs(5))
+                .expect("EchoOK");
+            t.elapsed()
+        })
+        .skip(200)
+        .collect();
+    let _ = client.close(Duration::from_secs(1));
+    out
+}
+
+// ---------------------------------------------------------------- tokio-tungstenite
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn tokio_read_op<S>(ws: &mut S, op: &str) -> Value
+where
+    S: StreamExt<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    loop {
+        let m = ws.next().await.expect("open").expect("read");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            if v["Operator"] == op {
+                return v;
+            }
+        }
+    }
+}
+
+fn tokio_text(v: &Value) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(v.to_string().into())
+}
+
+fn tokio_throughput(url: &str) -> f64 {
+    tokio_rt().block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let start = Instant::now();
+        for i in 0..N {
+            ws.feed(tokio_text(&msg(i))).await.expect("feed");
+            if i % 64 == 63 {
+                ws.flush().await.expect("flush");
+            }
+        }
+        ws.send(tokio_text(&end())).await.expect("end");
+        let done = tokio_read_op(&mut ws, "Done").await;
+        assert_eq!(count_of(&done), N);
+        N as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn tokio_rtt(url: &str) -> Vec<Duration> {
+    tokio_rt().block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let mut out = Vec::with_capacity(RTT_ROUNDS);
+        for i in 0..RTT_ROUNDS as u64 + 200 {
+            let t = Instant::now();
+            ws.send(tokio_text(&echo(i))).await.expect("send");
+            tokio_read_op(&mut ws, "EchoOK").await;
+            if i >= 200 {
+                out.push(t.elapsed());
+            }
+        }
+        out
+    })
+}
+
+// ---------------------------------------------------------------- idle
+
+/// (CPU ticks, voluntary context switches) of the thread named `name`.
+fn thread_usage(name: &str) -> Option<(u64, u64)> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the command name (which is in parentheses).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        return Some((ticks, switches));
+    }
+    None
+}
+
+/// CPU milliseconds and wake-ups of the I/O thread over `secs` idle.
+fn idle_cost(url: &str, secs: u64) -> (f64, u64) {
+    let client = Client::builder(url).connect().expect("connect");
+    thread::sleep(Duration::from_millis(200));
+    let before = thread_usage("longlink-io").expect("the I/O thread");
+    thread::sleep(Duration::from_secs(secs));
+    let after = thread_usage("longlink-io").expect("the I/O thread");
+    let _ = client.close(Duration::from_secs(1));
+    // Kernel clock ticks are 10 ms.
+    ((after.0 - before.0) as f64 * 10.0, after.1 - before.1)
+}
+
+// ---------------------------------------------------------------- failure timing
+
+/// Time from a black hole to the dead verdict (median, max of 5).
+fn dead_verdict(interval: Duration, timeout: Duration) -> (Duration, Duration) {
+    let server = Server::start();
+    let proxy = Proxy::start(server.addr);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let client = Client::builder(proxy.url())
+            .heartbeat_interval(interval)
+            .heartbeat_timeout(timeout)
+            .connect()
+            .expect("connect");
+        // A round trip, so the silence starts now.
+        client
+            .request(json!({"Operator": "Ping"}), Duration::from_secs(2))
+            .expect("PingOK");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        client.on_state(move |s| {
+            if !matches!(s, LinkState::Open) {
+                let _ = tx.try_send(Instant::now());
+            }
+        });
+        let t = Instant::now();
+        proxy.blackhole();
+        let dead = rx.recv_timeout(Duration::from_secs(10)).expect("verdict");
+        times.push(dead - t);
+        proxy.restore();
+        drop(client);
+    }
+    times.sort();
+    (times[times.len() / 2], times[times.len() - 1])
+}
+
+/// Time from the server accepting again (handshake done) to the first
+/// message buffered while it was down (median, max of 5).
+fn first_buffered() -> (Duration, Duration) {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let first = Server::start();
+        let addr = first.addr;
+        let client = Client::builder(first.url())
+            .reconnect_min_delay(Duration::from_millis(20))
+            .reconnect_max_delay(Duration::from_millis(40))
+            .connect()
+            .expect("connect");
+        drop(first);
+        let down = Instant::now();
+        while client.state() == LinkState::Open && down.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        client
+            .send(json!({"Operator": "FireBuffered"}))
+            .expect("queued");
+        let again = Server::start_on(addr, ServerOpts::default()).expect("rebind");
+        let stamps: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let mut opened = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(seen) = again.seen.recv_deadline(deadline) {
+            match seen {
+                Seen::Open(_) => opened = Some(Instant::now()),
+                Seen::Text(_, _) => {
+                    stamps.lock().expect("lock").push(Instant::now());
+                    break;
+                }
+                Seen::Closed(_) => {}
+            }
+        }
+        let got = stamps.lock().expect("lock").first().copied();
+        if let (Some(o), Some(g)) = (opened, got) {
+            times.push(g - o);
+        }
+        drop(client);
+    }
+    times.sort();
+    (times[times.len() / 2], times[times.len() - 1])
+}
+
+// ---------------------------------------------------------------- report
+
+struct Row {
+    figure: String,
+    ours: f64,
+    baseline: f64,
+    unit: &'static str,
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e6
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cores": thread::available_parallelism().map_or(0, |n| n.get()),
+        "kernel": kernel.trim(),
+        "os": std::env::consts::OS,
+    })
+}
+
+fn main() {
+    if std::env::var_os(SERVER_ENV).is_some() {
+        run_server();
+        return;
+    }
+    // `cargo test --all-targets` runs benches in test mode: keep that instant.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let srv = server_process();
+    let url = srv.url.clone();
+    let mut rows = Vec::new();
+    let mut row = |figure: &str, ours: f64, baseline: f64, unit: &'static str| {
+        eprintln!("{figure}: {ours:.1} vs {baseline:.1} {unit}");
+        rows.push(Row {
+            figure: figure.to_owned(),
+            ours,
+            baseline,
+            unit,
+        });
+    };
+
+    eprintln!("throughput ({N} messages of 64 bytes)…");
+    let raw_send = raw_throughput(&url, 1);
+    let raw_batched = raw_throughput(&url, 64);
+    let tokio_batched = tokio_throughput(&url);
+    let ours_1 = ours_throughput(&url, 1);
+    let ours_4 = ours_throughput(&url, 4);
+    row(
+        "send msg/s, 1 thread vs raw write+flush/64",
+        ours_1,
+        raw_batched,
+        "msg/s",
+    );
+    row(
+        "send msg/s, 1 thread vs raw send() each",
+        ours_1,
+        raw_send,
+        "msg/s",
+    );
+    row(
+        "send msg/s, 1 thread vs tokio-tungstenite",
+        ours_1,
+        tokio_batched,
+        "msg/s",
+    );
+    row(
+        "send msg/s, 4 threads vs raw write+flush/64",
+        ours_4,
+        raw_batched,
+        "msg/s",
+    );
+
+    eprintln!("round trips ({RTT_ROUNDS} each)…");
+    let mut raw = raw_rtt(&url);
+    let mut by_name = ours_rtt(&url, false);
+    let mut by_id = ours_rtt(&url, true);
+    let mut tok = tokio_rtt(&url);
+    let (raw50, raw99) = (pct(&mut raw, 0.5), pct(&mut raw, 0.99));
+    row(
+        "request p50 µs, by name vs raw ping-pong",
+        pct(&mut by_name, 0.5),
+        raw50,
+        "µs",
+    );
+    row(
+        "request p99 µs, by name vs raw ping-pong",
+        pct(&mut by_name, 0.99),
+        raw99,
+        "µs",
+    );
+    row(
+        "request p50 µs, by id vs raw ping-pong",
+        pct(&mut by_id, 0.5),
+        raw50,
+        "µs",
+    );
+    row(
+        "request p99 µs, by id vs raw ping-pong",
+        pct(&mut by_id, 0.99),
+        raw99,
+        "µs",
+    );
+    row(
+        "request p50 µs, by name vs tokio-tungstenite",
+        pct(&mut by_name, 0.5),
+        pct(&mut tok, 0.5),
+        "µs",
+    );
+
+    eprintln!("idle 10 s…");
+    let (cpu_ms, wakeups) = idle_cost(&url, 10);
+    row(
+        "idle 10 s: I/O thread wake-ups (goal 0)",
+        wakeups as f64,
+        0.0,
+        "wake-ups",
+    );
+    row("idle 10 s: I/O thread CPU ms (goal 0)", cpu_ms, 0.0, "ms");
+
+    eprintln!("failure timing…");
+    let (interval, timeout) = (Duration::from_millis(300), Duration::from_millis(200));
+    let deadline = (interval + timeout).as_secs_f64() * 1e3;
+    let (dead50, dead_max) = dead_verdict(interval, timeout);
+    row(
+        "black hole → dead verdict ms, median vs deadline",
+        dead50.as_secs_f64() * 1e3,
+        deadline,
+        "ms",
+    );
+    row(
+        "black hole → dead verdict ms, max vs deadline",
+        dead_max.as_secs_f64() * 1e3,
+        deadline,
+        "ms",
+    );
+    let (first50, first_max) = first_buffered();
+    row(
+        "server back → first buffered msg ms, median (goal ≤ 5)",
+        first50.as_secs_f64() * 1e3,
+        5.0,
+        "ms",
+    );
+    row(
+        "server back → first buffered msg ms, max (goal ≤ 5)",
+        first_max.as_secs_f64() * 1e3,
+        5.0,
+        "ms",
+    );
+    drop(srv);
+
+    println!();
+    println!(
+        "{:<56} {:>12} {:>12} {:>7}",
+        "figure", "longlink", "baseline", "ratio"
+    );
+    for r in &rows {
+        let ratio = if r.baseline > 0.0 {
+            format!("{:.2}", r.ours / r.baseline)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<56} {:>12.1} {:>12.1} {:>7}",
+            r.figure, r.ours, r.baseline, ratio
+        );
+    }
+    let summary = json!({
+        "machine": machine(),
+        "messages": N,
+        "message_bytes": 64,
+        "rtt_rounds": RTT_ROUNDS,
+        "figures": rows.iter().map(|r| json!({
+            "figure": r.figure,
+            "longlink": r.ours,
+            "baseline": r.baseline,
+            "ratio": if r.baseline > 0.0 { json!(r.ours / r.baseline) } else { Value::Null },
+            "unit": r.unit,
+        })).collect::<Vec<_>>(),
+    });
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = std::path::Path::new(&dir).join("bench-summary.json");
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    ) {
+        Ok(()) => println!("\nwritten: {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}
