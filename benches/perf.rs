@@ -32,6 +32,14 @@ use tungstenite::Message;
 const N: u64 = 200_000;
 const RTT_ROUNDS: usize = 5_000;
 const SERVER_ENV: &str = "LONGLINK_PERF_SERVER";
+/// Throughput runs per contender; the median is reported (2 cores, 3 busy
+/// threads: single runs vary by ±30 %).
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 // ---------------------------------------------------------------- server
 
@@ -100,11 +108,27 @@ fn server_process() -> ServerProcess {
 
 // ---------------------------------------------------------------- payloads
 
-/// A 64-byte message.
-fn msg(seq: u64) -> Value {
-    let base = json!({"Operator": "Bench", "seq": seq, "pad": ""}).to_string();
-    let pad = "x".repeat(64usize.saturating_sub(base.len()));
-    json!({"Operator": "Bench", "seq": seq, "pad": pad})
+/// A 64-byte message (for 6-digit sequence numbers), serialized by serde
+/// on every send, on both sides: what an application does with its types.
+#[derive(serde::Serialize)]
+#[allow(non_snake_case)]
+struct Bench {
+    Operator: &'static str,
+    seq: u64,
+    pad: &'static str,
+}
+
+fn msg(seq: u64) -> Bench {
+    Bench {
+        Operator: "Bench",
+        seq,
+        pad: "xxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    }
+}
+
+/// The frame of one message, serialized the same way.
+fn frame(seq: u64) -> Message {
+    Message::Text(serde_json::to_string(&msg(seq)).unwrap_or_default().into())
 }
 
 fn text(v: &Value) -> Message {
@@ -147,7 +171,7 @@ fn raw_throughput(url: &str, batch: u64) -> f64 {
     let mut ws = raw_connect(url);
     let start = Instant::now();
     for i in 0..N {
-        ws.write(text(&msg(i))).expect("write");
+        ws.write(frame(i)).expect("write");
         if i % batch == batch - 1 {
             ws.flush().expect("flush");
         }
@@ -271,7 +295,11 @@ fn tokio_throughput(url: &str) -> f64 {
             .expect("connect");
         let start = Instant::now();
         for i in 0..N {
-            ws.feed(tokio_text(&msg(i))).await.expect("feed");
+            ws.feed(tokio_tungstenite::tungstenite::Message::Text(
+                serde_json::to_string(&msg(i)).unwrap_or_default().into(),
+            ))
+            .await
+            .expect("feed");
             if i % 64 == 63 {
                 ws.flush().await.expect("flush");
             }
@@ -473,12 +501,23 @@ fn main() {
         });
     };
 
-    eprintln!("throughput ({N} messages of 64 bytes)…");
-    let raw_send = raw_throughput(&url, 1);
-    let raw_batched = raw_throughput(&url, 64);
-    let tokio_batched = tokio_throughput(&url);
-    let ours_1 = ours_throughput(&url, 1);
-    let ours_4 = ours_throughput(&url, 4);
+    // LONGLINK_PERF_ONLY=send1 runs just that (for `perf record`).
+    if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("send1") {
+        for _ in 0..3 {
+            eprintln!("send, 1 thread: {:.0} msg/s", ours_throughput(&url, 1));
+        }
+        return;
+    }
+    eprintln!("throughput ({N} messages of 64 bytes, median of {ROUNDS} interleaved runs)…");
+    let mut runs: [Vec<f64>; 5] = Default::default();
+    for _ in 0..ROUNDS {
+        runs[0].push(raw_throughput(&url, 1));
+        runs[1].push(raw_throughput(&url, 64));
+        runs[2].push(tokio_throughput(&url));
+        runs[3].push(ours_throughput(&url, 1));
+        runs[4].push(ours_throughput(&url, 4));
+    }
+    let [raw_send, raw_batched, tokio_batched, ours_1, ours_4] = runs.map(median);
     row(
         "send msg/s, 1 thread vs raw write+flush/64",
         ours_1,

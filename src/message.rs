@@ -136,6 +136,156 @@ pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), E
     }
 }
 
+/// Serialize `msg` straight to frame text and check the envelope by
+/// scanning the text's top level, without building a `Value` (a deep copy
+/// per message otherwise). Returns the text and the operator, or `None`
+/// when the cheap path cannot decide (escapes in the operator, a field named
+/// `avoid` present): then use [`encode`].
+pub(crate) fn encode_direct(
+    msg: &impl serde::Serialize,
+    op_field: &str,
+    avoid: Option<&str>,
+) -> Result<Option<(String, String)>, Error> {
+    let text = serde_json::to_string(msg).map_err(Error::Serialize)?;
+    let scan = scan_top_level(&text, op_field, avoid);
+    match scan {
+        Scan::Operator(range) => {
+            let op = text[range].to_owned();
+            Ok(Some((text, op)))
+        }
+        Scan::Undecided => Ok(None),
+        Scan::Invalid => {
+            // The slow path names the problem and hands the message back.
+            let value: Value = serde_json::from_str(&text).map_err(Error::Serialize)?;
+            encode(value, op_field).map(Some)
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// The operator is a plain string at this byte range.
+    Operator(std::ops::Range<usize>),
+    /// Not an object with a string operator.
+    Invalid,
+    /// Needs the full parse.
+    Undecided,
+}
+
+/// Find the top-level string field `key` of a JSON object text.
+fn scan_top_level(text: &str, key: &str, avoid: Option<&str>) -> Scan {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Scan::Invalid;
+    }
+    i += 1;
+    let mut found = None;
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b'}') => break,
+            Some(b'"') => {}
+            _ => return Scan::Undecided,
+        }
+        let Some(k_end) = string_end(b, i) else {
+            return Scan::Undecided;
+        };
+        let raw_key = &text[i + 1..k_end - 1];
+        if raw_key.contains('\\') {
+            return Scan::Undecided;
+        }
+        i = skip_ws(b, k_end);
+        if b.get(i) != Some(&b':') {
+            return Scan::Undecided;
+        }
+        i = skip_ws(b, i + 1);
+        let Some(v_end) = value_end(b, i) else {
+            return Scan::Undecided;
+        };
+        if avoid == Some(raw_key) {
+            return Scan::Undecided;
+        }
+        if raw_key == key && found.is_none() {
+            if b[i] != b'"' {
+                return Scan::Invalid;
+            }
+            let inner = i + 1..v_end - 1;
+            if text[inner.clone()].contains('\\') {
+                return Scan::Undecided;
+            }
+            found = Some(inner);
+        }
+        i = skip_ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return Scan::Undecided,
+        }
+    }
+    match found {
+        Some(r) => Scan::Operator(r),
+        None => Scan::Invalid,
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// One past the closing quote of the string starting at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// One past the end of the JSON value starting at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
 /// Read one inbound text frame. Borrows it: the text is copied only when invalid.
 pub(crate) fn decode(text: &str, op_field: &str) -> Result<Message, InvalidFrame> {
     let len = text.len();
@@ -192,6 +342,58 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_level_scan_finds_the_operator_and_agrees_with_the_full_parse() {
+        let op = |t: &str| match scan_top_level(t, "Operator", Some("msgId")) {
+            Scan::Operator(r) => Some(t[r].to_owned()),
+            _ => None,
+        };
+        assert_eq!(op(r#"{"Operator":"X"}"#).as_deref(), Some("X"));
+        assert_eq!(
+            op(r#"{"a":{"Operator":"inner"},"b":[1,"}",{"c":"]"}],"Operator":"Y","z":null}"#)
+                .as_deref(),
+            Some("Y")
+        );
+        assert_eq!(op(r#" { "Operator" : "Z" } "#).as_deref(), Some("Z"));
+        for invalid in [
+            r#"[1]"#,
+            r#""s""#,
+            r#"{}"#,
+            r#"{"Operator":1}"#,
+            r#"{"a":{"Operator":"X"}}"#,
+        ] {
+            assert_eq!(
+                scan_top_level(invalid, "Operator", None),
+                Scan::Invalid,
+                "{invalid}"
+            );
+        }
+        for undecided in [
+            r#"{"Operator":"a\"b"}"#,
+            r#"{"msgId":1,"Operator":"X"}"#,
+            r#"{"Oper\u0061tor":"X"}"#,
+        ] {
+            assert_eq!(
+                scan_top_level(undecided, "Operator", Some("msgId")),
+                Scan::Undecided,
+                "{undecided}"
+            );
+        }
+    }
+
+    #[test]
+    fn direct_encoding_matches_the_value_path() {
+        let v = serde_json::json!({"Operator": "Post", "n": 1, "nested": {"Operator": "no"}});
+        let (text, op) = encode_direct(&v, "Operator", None).unwrap().unwrap();
+        assert_eq!(op, "Post");
+        assert_eq!((text, op), encode(v, "Operator").unwrap());
+        let bad = serde_json::json!({"op": "X"});
+        assert!(matches!(
+            encode_direct(&bad, "Operator", None),
+            Err(Error::InvalidMessage { .. })
+        ));
+    }
     use serde_json::json;
 
     #[test]
