@@ -46,11 +46,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The server process: per connection, count text frames; answer `End`
 /// with `Done{count}` and `Echo` with `EchoOK` (echoing `reqId`).
 fn run_server() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = std::env::var("LONGLINK_PERF_PORT").unwrap_or_else(|_| "0".into());
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind");
     println!("PORT={}", listener.local_addr().expect("addr").port());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        thread::spawn(move || {
+        // Small stacks: the scale figures hold thousands of these.
+        let _ = thread::Builder::new().stack_size(64 << 10).spawn(move || {
             let _ = stream.set_nodelay(true);
             let Ok(mut ws) = tungstenite::accept(stream) else {
                 return;
@@ -90,9 +92,10 @@ impl Drop for ServerProcess {
     }
 }
 
-fn server_process() -> ServerProcess {
+fn server_process(port: u16) -> ServerProcess {
     let mut child = Command::new(std::env::current_exe().expect("exe"))
         .env(SERVER_ENV, "1")
+        .env("LONGLINK_PERF_PORT", port.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawning the server process");
@@ -446,6 +449,115 @@ fn first_buffered() -> (Duration, Duration) {
     (times[times.len() / 2], times[times.len() - 1])
 }
 
+// ---------------------------------------------------------------- scale
+
+/// How many idle links to hold (`LONGLINK_PERF_SCALE=1000,5000`). Each
+/// link takes 3 file descriptors (socket, epoll, eventfd) and 2 threads;
+/// the default stays inside a 20,000-descriptor limit.
+fn scale_sizes() -> Vec<usize> {
+    std::env::var("LONGLINK_PERF_SCALE")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 5_000])
+}
+
+/// (RSS KiB, threads) of this process.
+fn rss_and_threads() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("Threads:"))
+}
+
+struct Scale {
+    rss_per_conn_kib: f64,
+    threads_per_conn: f64,
+    /// From the server's restart until every client is open again.
+    reconnect_all: Duration,
+    /// Most connects completed in any 100 ms window after the restart.
+    peak_per_100ms: usize,
+}
+
+/// `n` idle clients against a server process; then the server restarts.
+fn scale(n: usize) -> Option<Scale> {
+    let srv = server_process(0);
+    let port: u16 = srv.url.rsplit(':').next()?.parse().ok()?;
+    let (rss0, threads0) = rss_and_threads();
+    let opened: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = Client::builder(srv.url.as_str()).start().ok()?;
+        let o = opened.clone();
+        c.on_state(move |s| {
+            if *s == LinkState::Open {
+                o.lock().expect("lock").push(Instant::now());
+            }
+        });
+        clients.push(c);
+    }
+    let all_open = |clients: &[Client]| clients.iter().all(|c| c.state() == LinkState::Open);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_open(&clients) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    if !all_open(&clients) {
+        eprintln!("scale {n}: not all clients opened");
+        return None;
+    }
+    thread::sleep(Duration::from_millis(500));
+    let (rss1, threads1) = rss_and_threads();
+    // Restart the server on the same port; clients were up for a while, so
+    // each retries once at once, then backs off with jitter.
+    drop(srv);
+    let down = Instant::now();
+    while clients.iter().any(|c| c.state() == LinkState::Open)
+        && down.elapsed() < Duration::from_secs(30)
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(200));
+    opened.lock().expect("lock").clear();
+    let _srv = server_process(port);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(120);
+    while !all_open(&clients) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let reconnect_all = back.elapsed();
+    let mut times: Vec<Duration> = opened
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|t| t.saturating_duration_since(back))
+        .collect();
+    times.sort();
+    let peak = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            times[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_millis(100))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    for c in &clients {
+        let _ = c.close(Duration::from_millis(200));
+    }
+    Some(Scale {
+        rss_per_conn_kib: rss1.saturating_sub(rss0) as f64 / n as f64,
+        threads_per_conn: threads1.saturating_sub(threads0) as f64 / n as f64,
+        reconnect_all,
+        peak_per_100ms: peak,
+    })
+}
+
 // ---------------------------------------------------------------- report
 
 struct Row {
@@ -488,7 +600,7 @@ fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
-    let srv = server_process();
+    let srv = server_process(0);
     let url = srv.url.clone();
     let mut rows = Vec::new();
     let mut row = |figure: &str, ours: f64, baseline: f64, unit: &'static str| {
@@ -505,6 +617,17 @@ fn main() {
     if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("send1") {
         for _ in 0..3 {
             eprintln!("send, 1 thread: {:.0} msg/s", ours_throughput(&url, 1));
+        }
+        return;
+    }
+    if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("scale") {
+        for n in scale_sizes() {
+            if let Some(sc) = scale(n) {
+                eprintln!(
+                    "{n}: {:.1} KiB/link, {:.1} threads/link, all back in {:?}, peak {} per 100 ms",
+                    sc.rss_per_conn_kib, sc.threads_per_conn, sc.reconnect_all, sc.peak_per_100ms
+                );
+            }
         }
         return;
     }
@@ -620,6 +743,39 @@ fn main() {
         "ms",
     );
     drop(srv);
+
+    for n in scale_sizes() {
+        eprintln!("scale: {n} idle connections…");
+        match scale(n) {
+            Some(sc) => {
+                row(
+                    &format!("{n} idle links: RSS KiB per link (goal ≤ 24)"),
+                    sc.rss_per_conn_kib,
+                    24.0,
+                    "KiB",
+                );
+                row(
+                    &format!("{n} idle links: threads per link"),
+                    sc.threads_per_conn,
+                    0.0,
+                    "threads",
+                );
+                row(
+                    &format!("{n} idle links: all back after restart, s"),
+                    sc.reconnect_all.as_secs_f64(),
+                    0.0,
+                    "s",
+                );
+                row(
+                    &format!("{n} idle links: most reconnects in 100 ms"),
+                    sc.peak_per_100ms as f64,
+                    n as f64,
+                    "links",
+                );
+            }
+            None => eprintln!("scale {n}: skipped"),
+        }
+    }
 
     println!();
     println!(

@@ -28,10 +28,6 @@ use crate::{
     SendOptions, Stats,
 };
 
-/// Commands queued between handles and the I/O thread. Large: a small
-/// channel halves throughput through park/wake ping-pong.
-const COMMAND_CAPACITY: usize = 64 * 1024;
-
 /// The whole handle → I/O thread vocabulary.
 pub(crate) enum Command {
     /// A message for the outbox (a request if it carries a reply slot).
@@ -310,8 +306,12 @@ impl Shared {
             let weight = item.weight();
             let reserved = match self.cfg.overflow {
                 Overflow::Reject => self.budget.try_reserve(weight),
+                // The I/O thread drops the oldest when it takes the message;
+                // if it is busy elsewhere (a connect attempt), wait once
+                // twice the bound is in flight, so memory stays bounded.
                 Overflow::DropOldest => {
-                    self.budget.force_reserve(weight);
+                    let limit = self.cfg.outbox_capacity.saturating_mul(2);
+                    self.budget.force_reserve_below(weight, limit);
                     true
                 }
                 Overflow::Block(d) => self.budget.reserve_until(weight, Instant::now() + d),
@@ -693,7 +693,11 @@ impl Client {
             context: "creating the poller".into(),
             source: Box::new(e),
         })?;
-        let (tx, rx) = bounded(COMMAND_CAPACITY);
+        // Unbounded (a list of small blocks, allocated as used): the outbox
+        // budget bounds what is in flight. A bounded channel allocates and
+        // touches every slot up front: 64K slots were 7 MiB of RSS per
+        // idle client.
+        let (tx, rx) = unbounded();
         let (dtx, drx) = unbounded();
         let budget = Budget::new(cfg.outbox_capacity, cfg.outbox_max_bytes);
         for item in &initial {
@@ -1122,7 +1126,7 @@ mod tests {
 
     #[test]
     fn commands_stay_small() {
-        // Every message travels by value through the 64K-slot command
+        // Every message travels by value through the command
         // channel and the outbox: doubling this cost 20-30 % of throughput.
         assert!(size_of::<Command>() <= 128, "{}", size_of::<Command>());
         assert!(size_of::<Item>() <= 112, "{}", size_of::<Item>());

@@ -96,6 +96,28 @@ impl Budget {
         ok
     }
 
+    /// Take room unconditionally once fewer than `limit` messages are
+    /// counted (drop-oldest: the I/O thread trims to the bound, and this
+    /// keeps what waits for it from growing past `limit`).
+    pub(crate) fn force_reserve_below(&self, bytes: usize, limit: usize) {
+        if self.count.load(Ordering::Acquire) < limit {
+            self.force_reserve(bytes);
+            return;
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.count.load(Ordering::Acquire) >= limit {
+            guard = self
+                .room
+                .wait_timeout(guard, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        self.force_reserve(bytes);
+    }
+
     /// A message left the outbox (written, dropped or handed back).
     pub(crate) fn release(&self, bytes: usize) {
         self.count.fetch_sub(1, Ordering::AcqRel);
@@ -180,6 +202,20 @@ mod tests {
         assert_eq!(dropped, [(0, 10), (1, 10)]);
         assert_eq!(q.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 3, 4]);
         assert_eq!(b.depth(), (3, 30));
+    }
+
+    #[test]
+    fn drop_oldest_room_waits_only_past_its_hard_limit() {
+        let b = std::sync::Arc::new(Budget::new(1, 1000));
+        b.force_reserve_below(1, 2);
+        b.force_reserve_below(1, 2); // over the bound, under the limit
+        assert_eq!(b.depth(), (2, 2));
+        let b2 = b.clone();
+        let waiter = std::thread::spawn(move || b2.force_reserve_below(1, 2));
+        // The trim (a release) lets the waiter in.
+        b.release(1);
+        waiter.join().unwrap();
+        assert_eq!(b.depth(), (2, 2));
     }
 
     #[test]
