@@ -451,14 +451,15 @@ fn first_buffered() -> (Duration, Duration) {
 
 // ---------------------------------------------------------------- scale
 
-/// How many idle links to hold (`LONGLINK_PERF_SCALE=1000,5000`). Each
-/// link takes 3 file descriptors (socket, epoll, eventfd) and 2 threads;
-/// the default stays inside a 20,000-descriptor limit.
+/// How many idle links to hold (`LONGLINK_PERF_SCALE=1000,4000`). Each
+/// link takes 4 file descriptors (socket; the poller's epoll, eventfd and
+/// timerfd) and 2 threads: the default stays inside a 20,000-descriptor
+/// limit; 10,000 links need `ulimit -n` ≥ 41,000.
 fn scale_sizes() -> Vec<usize> {
     std::env::var("LONGLINK_PERF_SCALE")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000, 5_000])
+        .unwrap_or_else(|| vec![1_000, 4_000])
 }
 
 /// (RSS KiB, threads) of this process.
