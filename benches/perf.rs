@@ -621,6 +621,19 @@ fn main() {
         }
         return;
     }
+    if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("rtt") {
+        for _ in 0..2 {
+            let (mut raw, mut name, mut id) =
+                (raw_rtt(&url), ours_rtt(&url, false), ours_rtt(&url, true));
+            eprintln!(
+                "rtt p50 µs: raw {:.0}, by name {:.0}, by id {:.0}",
+                pct(&mut raw, 0.5),
+                pct(&mut name, 0.5),
+                pct(&mut id, 0.5)
+            );
+        }
+        return;
+    }
     if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("scale") {
         for n in scale_sizes() {
             if let Some(sc) = scale(n) {
