@@ -214,6 +214,10 @@ fn scan_top_level(text: &str, key: &str, avoid: Option<&str>) -> Scan {
             if text[inner.clone()].contains('\\') {
                 return Scan::Undecided;
             }
+            // Nothing else to look for: the rest is valid JSON (serde wrote it).
+            if avoid.is_none() {
+                return Scan::Operator(inner);
+            }
             found = Some(inner);
         }
         i = skip_ws(b, v_end);
