@@ -489,17 +489,10 @@ fn scale(n: usize) -> Option<Scale> {
     let srv = server_process(0);
     let port: u16 = srv.url.rsplit(':').next()?.parse().ok()?;
     let (rss0, threads0) = rss_and_threads();
-    let opened: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    // Plain links: no subscriber, so no dispatcher thread (states are polled).
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        let c = Client::builder(srv.url.as_str()).start().ok()?;
-        let o = opened.clone();
-        c.on_state(move |s| {
-            if *s == LinkState::Open {
-                o.lock().expect("lock").push(Instant::now());
-            }
-        });
-        clients.push(c);
+        clients.push(Client::builder(srv.url.as_str()).start().ok()?);
     }
     let all_open = |clients: &[Client]| clients.iter().all(|c| c.state() == LinkState::Open);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -522,20 +515,21 @@ fn scale(n: usize) -> Option<Scale> {
         thread::sleep(Duration::from_millis(5));
     }
     thread::sleep(Duration::from_millis(200));
-    opened.lock().expect("lock").clear();
     let _srv = server_process(port);
     let back = Instant::now();
     let deadline = back + Duration::from_secs(120);
-    while !all_open(&clients) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
+    // When each link was first seen open again (polled every 5 ms).
+    let mut times: Vec<Option<Duration>> = vec![None; n];
+    while times.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (t, c) in times.iter_mut().zip(&clients) {
+            if t.is_none() && c.state() == LinkState::Open {
+                *t = Some(back.elapsed());
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
     }
     let reconnect_all = back.elapsed();
-    let mut times: Vec<Duration> = opened
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|t| t.saturating_duration_since(back))
-        .collect();
+    let mut times: Vec<Duration> = times.into_iter().flatten().collect();
     times.sort();
     let peak = times
         .iter()

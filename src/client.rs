@@ -162,6 +162,12 @@ pub(crate) struct Shared {
     pub(crate) registry: Arc<Registry>,
     next_request_id: AtomicU64,
     pub(crate) dispatch_depth: AtomicUsize,
+    /// The dispatcher thread runs. It starts with the first subscription
+    /// (or at once with an `on_open` hook); until then inbound messages and
+    /// state changes have nobody to go to and are not queued.
+    pub(crate) dispatcher_on: AtomicBool,
+    /// The dispatcher's end of its channel, until it starts.
+    dispatch_rx: Mutex<Option<Receiver<dispatch::Event>>>,
     pub(crate) read_paused: AtomicBool,
     dispatcher_id: OnceLock<ThreadId>,
     /// At-least-once: ids (and the journal). Held from stamping to the push,
@@ -525,10 +531,34 @@ impl Worker {
 /// Owns the threads; dropping the last one closes the link.
 struct Owner {
     shared: Arc<Shared>,
-    workers: Mutex<Option<(Worker, Worker)>>,
+    io: Mutex<Option<Worker>>,
+    dispatcher: Mutex<Option<Worker>>,
 }
 
 impl Owner {
+    /// Start the dispatcher thread if it is not running yet.
+    fn start_dispatcher(&self) -> Result<(), Error> {
+        let shared = &self.shared;
+        if shared.dispatcher_on.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = self.dispatcher.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = shared
+            .dispatch_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(rx) = rx else {
+            return Ok(()); // started already, or closed
+        };
+        let s = shared.clone();
+        let worker = Worker::spawn("longlink-dispatch", move || dispatch::run(s, rx))?;
+        let _ = shared.dispatcher_id.set(worker.handle.thread().id());
+        shared.dispatcher_on.store(true, Ordering::Release);
+        *slot = Some(worker);
+        Ok(())
+    }
+
     fn close(&self, timeout: Duration) -> Result<(), Error> {
         let shared = &self.shared;
         if shared.close_called.swap(true, Ordering::SeqCst) {
@@ -545,13 +575,16 @@ impl Owner {
         // may take it a little past.
         let grace = Duration::from_millis(250);
         let unsent = done_rx.recv_deadline(deadline + grace);
-        let workers = self
-            .workers
+        let io = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(io) = io {
+            io.join_until(deadline + grace);
+        }
+        let dispatcher = self
+            .dispatcher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some((io, dispatcher)) = workers {
-            io.join_until(deadline + grace);
+        if let Some(dispatcher) = dispatcher {
             dispatcher.join_until(deadline + grace);
         }
         match unsent {
@@ -721,6 +754,8 @@ impl Client {
             registry: Arc::new(Registry::default()),
             next_request_id: AtomicU64::new(0),
             dispatch_depth: AtomicUsize::new(0),
+            dispatcher_on: AtomicBool::new(false),
+            dispatch_rx: Mutex::new(Some(drx)),
             read_paused: AtomicBool::new(false),
             dispatcher_id: OnceLock::new(),
             seq,
@@ -729,15 +764,18 @@ impl Client {
             pending_drops: Mutex::new(Vec::new()),
             journal_ack: AtomicU64::new(0),
         });
-        let s = shared.clone();
-        let dispatcher = Worker::spawn("longlink-dispatch", move || dispatch::run(s, drx))?;
-        let _ = shared.dispatcher_id.set(dispatcher.handle.thread().id());
-        let s = shared.clone();
-        let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx, initial))?;
         let owner = Arc::new(Owner {
             shared: shared.clone(),
-            workers: Mutex::new(Some((io, dispatcher))),
+            io: Mutex::new(None),
+            dispatcher: Mutex::new(None),
         });
+        // The hook runs on the dispatcher from the first connect on.
+        if shared.cfg.on_open.is_some() {
+            owner.start_dispatcher()?;
+        }
+        let s = shared.clone();
+        let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx, initial))?;
+        *owner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
         Ok(Client { shared, owner })
     }
 
@@ -915,6 +953,7 @@ impl Client {
             .shared
             .registry
             .add_message(Topic::Operator(operator.into()), Box::new(f));
+        self.subscribed();
         Subscription {
             id,
             registry: Arc::downgrade(&self.shared.registry),
@@ -924,6 +963,7 @@ impl Client {
     /// Calls `f` for every message whose operator has no subscriber.
     pub fn on_any(&self, f: impl FnMut(&Message) + Send + 'static) -> Subscription {
         let id = self.shared.registry.add_message(Topic::Any, Box::new(f));
+        self.subscribed();
         Subscription {
             id,
             registry: Arc::downgrade(&self.shared.registry),
@@ -936,6 +976,7 @@ impl Client {
     /// [`Stats::invalid_frames`].
     pub fn on_invalid(&self, f: impl FnMut(&InvalidFrame) + Send + 'static) -> Subscription {
         let id = self.shared.registry.add_invalid(Box::new(f));
+        self.subscribed();
         Subscription {
             id,
             registry: Arc::downgrade(&self.shared.registry),
@@ -945,9 +986,17 @@ impl Client {
     /// Calls `f` on every state change, in order, on the dispatcher thread.
     pub fn on_state(&self, f: impl FnMut(&LinkState) + Send + 'static) -> Subscription {
         let id = self.shared.registry.add_state(Box::new(f));
+        self.subscribed();
         Subscription {
             id,
             registry: Arc::downgrade(&self.shared.registry),
+        }
+    }
+
+    /// A closure was registered: make sure the dispatcher runs.
+    fn subscribed(&self) {
+        if let Err(e) = self.owner.start_dispatcher() {
+            log::error!("longlink: cannot start the dispatcher thread: {e}");
         }
     }
 
@@ -968,7 +1017,7 @@ impl Client {
     }
 
     /// Flushes what is queued until `timeout`, sends a Close frame, stops and
-    /// joins both threads. New messages are refused from the start of the
+    /// joins its threads. New messages are refused from the start of the
     /// call. If the link is not open, nothing more can be flushed. Under
     /// at-least-once it also waits (within `timeout`) for the
     /// acknowledgements; messages not acknowledged count as unsent. With a

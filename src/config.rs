@@ -534,7 +534,7 @@ impl ClientBuilder {
     /// # Errors
     /// [`Error::InvalidConfig`]; the last attempt's error ([`Error::Connect`],
     /// [`Error::Rejected`], [`Error::Tls`]…) when the timeout passes or a
-    /// permanent failure ends the link; both threads are then stopped.
+    /// permanent failure ends the link; its threads are then stopped.
     pub fn connect(self) -> Result<Client, Error> {
         let timeout = self.cfg.connect_timeout;
         let client = Client::spawn(self.validate()?)?;

@@ -45,7 +45,7 @@
 //!
 //! ## Threading model
 //!
-//! Each [`Client`] has two threads:
+//! Each [`Client`] has one or two threads:
 //!
 //! - the **I/O thread** owns the socket alone. It sleeps in a readiness
 //!   poller (epoll/kqueue/IOCP) until the socket is ready, a caller wakes
@@ -55,6 +55,9 @@
 //! - the **dispatcher thread** runs all user code: subscriber closures,
 //!   state callbacks and the `on_open` hook, one at a time, in arrival
 //!   order. A panic there is caught and counted in [`Stats::handler_panics`].
+//!   It starts with the first subscription (at once with an `on_open`
+//!   hook): a link nobody subscribes to has no dispatcher, and what arrives
+//!   before a subscription is not kept for it.
 //!
 //! A clone of `Client` shares the link, the outbox and the subscriptions.
 //! `Client` is `Send + Sync`; every method may be called from any thread.

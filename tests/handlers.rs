@@ -189,3 +189,42 @@ fn slow_handler_applies_backpressure_without_a_false_dead_verdict() {
     assert_eq!(client.stats().connects, 1);
     client.close(Duration::from_secs(1)).unwrap();
 }
+
+#[test]
+fn a_subscription_made_on_a_running_link_starts_receiving_at_once() {
+    init_log();
+    // No subscriber at first: no dispatcher thread, nothing queued for one.
+    let server = Server::start();
+    let client = Client::builder(server.url()).connect().unwrap();
+    server.push(json!({"Operator": "News", "n": 0}));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .messages_received
+        >= 1));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let _sub = client.on("News", move |m| {
+        g.lock().unwrap().push(m.value()["n"].clone())
+    });
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let st = states.clone();
+    client.on_state(move |s| st.lock().unwrap().push(format!("{s:?}")));
+    server.push(json!({"Operator": "News", "n": 1}));
+    assert!(wait_until(Duration::from_secs(5), || !got
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(
+        *got.lock().unwrap(),
+        [json!(1)],
+        "only what came after subscribing"
+    );
+    server.kick_all();
+    assert!(wait_until(Duration::from_secs(5), || states
+        .lock()
+        .unwrap()
+        .iter()
+        .any(
+            |s| s.starts_with("Backoff") || s.starts_with("Connecting")
+        )));
+}

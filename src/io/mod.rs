@@ -262,7 +262,9 @@ impl Io {
             log::debug!("longlink: state {s:?}");
             self.shown_state = Some(s.clone());
             self.shared.set_state(s.clone());
-            let _ = self.dispatch.send(Event::State(s));
+            if self.shared.dispatcher_on.load(Ordering::Acquire) {
+                let _ = self.dispatch.send(Event::State(s));
+            }
         }
     }
 
@@ -820,7 +822,11 @@ impl Io {
     }
 
     /// Hand to the dispatcher; stop reading when it is full (backpressure).
+    /// With no subscriber yet there is no dispatcher, and nobody to tell.
     fn deliver(&mut self, ev: Event) {
+        if !self.shared.dispatcher_on.load(Ordering::Acquire) {
+            return;
+        }
         let depth = self.shared.dispatch_depth.fetch_add(1, Ordering::AcqRel) + 1;
         let _ = self.dispatch.send(ev);
         if depth >= self.shared.cfg.dispatch_capacity
