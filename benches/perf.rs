@@ -18,6 +18,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use longlink::testkit::{Proxy, Seen, Server, ServerOpts};
-use longlink::{Client, LinkState, Overflow};
+use longlink::{Client, ClientBuilder, JournalSync, LinkState, Overflow};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -58,13 +59,33 @@ fn run_server() {
                 return;
             };
             let mut count = 0u64;
+            let mut highest = 0u64;
             while let Ok(m) = ws.read() {
                 let Message::Text(t) = m else { continue };
                 let t = t.as_str();
+                // At least once: acknowledge cumulatively every 64 messages
+                // and at `End` (acking each would cost the server a write each).
+                if let Some(id) = msg_id(t) {
+                    highest = highest.max(id);
+                    count += 1;
+                    if count.is_multiple_of(64) {
+                        let ack = json!({"Operator": "Ack", "msgId": highest});
+                        if ws.send(Message::Text(ack.to_string().into())).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 let reply = if t.contains("\"Echo\"") {
                     let v: Value = serde_json::from_str(t).unwrap_or(Value::Null);
                     json!({"Operator": "EchoOK", "reqId": v.get("reqId")})
                 } else if t.contains("\"End\"") {
+                    if highest > 0 {
+                        let ack = json!({"Operator": "Ack", "msgId": highest});
+                        if ws.send(Message::Text(ack.to_string().into())).is_err() {
+                            return;
+                        }
+                    }
                     let done = json!({"Operator": "Done", "count": count});
                     count = 0;
                     done
@@ -78,6 +99,14 @@ fn run_server() {
             }
         });
     }
+}
+
+/// The `msgId` of a message, found without parsing the whole JSON (the
+/// server must not be the bottleneck being measured).
+fn msg_id(text: &str) -> Option<u64> {
+    let at = text.find("\"msgId\":")? + 8;
+    let digits = text[at..].split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
 }
 
 struct ServerProcess {
@@ -200,23 +229,36 @@ fn raw_rtt(url: &str) -> Vec<Duration> {
 
 // ---------------------------------------------------------------- longlink
 
-fn ours(url: &str) -> Client {
-    Client::builder(url)
-        .outbox_capacity(N as usize)
-        .outbox_max_bytes(1 << 30)
-        .outbox_overflow(Overflow::Block(Duration::from_secs(60)))
-        .connect()
-        .expect("connect")
-}
+/// A delivery mode: how the builder is set, given a fresh journal path.
+type Mode = (&'static str, fn(ClientBuilder, &Path) -> ClientBuilder);
 
 fn ours_throughput(url: &str, threads: u64) -> f64 {
-    let client = ours(url);
+    ours_mode(url, threads, N, |b, _| b).0
+}
+
+/// (messages per second until the server has all of them and the client
+/// every acknowledgement, mean µs inside `send`) for `n` messages.
+fn ours_mode(
+    url: &str,
+    threads: u64,
+    n: u64,
+    mode: fn(ClientBuilder, &Path) -> ClientBuilder,
+) -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("longlink-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let journal = dir.join("bench.journal");
+    let _ = std::fs::remove_file(&journal);
+    let builder = Client::builder(url)
+        .outbox_capacity(n as usize)
+        .outbox_max_bytes(1 << 30)
+        .outbox_overflow(Overflow::Block(Duration::from_secs(60)));
+    let client = mode(builder, &journal).connect().expect("connect");
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let c = client.clone();
             thread::spawn(move || {
-                for i in (t..N).step_by(threads as usize) {
+                for i in (t..n).step_by(threads as usize) {
                     c.send(msg(i)).expect("send");
                 }
             })
@@ -225,6 +267,7 @@ fn ours_throughput(url: &str, threads: u64) -> f64 {
     for w in workers {
         w.join().expect("sender");
     }
+    let sent = start.elapsed();
     let done = client
         .request_expect(
             end(),
@@ -232,10 +275,16 @@ fn ours_throughput(url: &str, threads: u64) -> f64 {
             Duration::from_secs(120),
         )
         .expect("Done");
-    assert_eq!(count_of(done.value()), N);
-    let rate = N as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(count_of(done.value()), n);
+    // With acknowledgements: until the client has them all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.stats().outbox_depth > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_micros(200));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
     let _ = client.close(Duration::from_secs(2));
-    rate
+    let _ = std::fs::remove_dir_all(&dir);
+    (rate, sent.as_secs_f64() * 1e6 / n as f64)
 }
 
 fn ours_rtt(url: &str, by_id: bool) -> Vec<Duration> {
@@ -673,6 +722,58 @@ fn main() {
         raw_batched,
         "msg/s",
     );
+
+    // What each delivery mode costs, against at most once, same server.
+    let modes: [Mode; 5] = [
+        ("at most once", |b, _| b),
+        ("at least once", |b, _| b.at_least_once(true)),
+        ("durable, sync never", |b, p| {
+            b.durable(p).journal_sync(JournalSync::Never)
+        }),
+        ("durable, sync every 1 s (default)", |b, p| {
+            b.durable(p)
+                .journal_sync(JournalSync::Interval(Duration::from_secs(1)))
+        }),
+        ("durable, sync every message", |b, p| {
+            b.durable(p).journal_sync(JournalSync::EveryMessage)
+        }),
+    ];
+    // One disk flush per message: fewer of them, same rate measure.
+    let size = |name: &str| {
+        if name.ends_with("every message") {
+            N / 40
+        } else {
+            N / 2
+        }
+    };
+    eprintln!("delivery modes (median of {ROUNDS} interleaved runs)…");
+    let mut by_mode: Vec<(Vec<f64>, Vec<f64>)> = modes.iter().map(|_| Default::default()).collect();
+    for _ in 0..ROUNDS {
+        for (i, (name, mode)) in modes.iter().enumerate() {
+            let (rate, us) = ours_mode(&url, 1, size(name), *mode);
+            by_mode[i].0.push(rate);
+            by_mode[i].1.push(us);
+        }
+    }
+    let by_mode: Vec<(f64, f64)> = by_mode
+        .into_iter()
+        .map(|(r, u)| (median(r), median(u)))
+        .collect();
+    let (amo_rate, amo_us) = by_mode[0];
+    for ((name, _), (rate, us)) in modes.iter().zip(&by_mode).skip(1) {
+        row(
+            &format!("send msg/s, {name} vs at most once"),
+            *rate,
+            amo_rate,
+            "msg/s",
+        );
+        row(
+            &format!("µs in send, {name} vs at most once"),
+            *us,
+            amo_us,
+            "µs",
+        );
+    }
 
     eprintln!("round trips ({RTT_ROUNDS} each)…");
     let mut raw = raw_rtt(&url);

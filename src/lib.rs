@@ -98,11 +98,11 @@
 //!
 //! ## Delivery modes
 //!
-//! | mode | turn on | guarantees | costs (`cargo bench --bench throughput`, median of 3; runs on a 2-core machine vary by ±20 %) |
+//! | mode | turn on | guarantees | costs (`cargo bench --bench perf`, median of 5; a 2-core machine shared with the server process: runs vary by ±30 %) |
 //! |---|---|---|---|
-//! | at most once | default | order; each message leaves once; a message written into a link that then dies may be lost: counted in `possibly_lost`, reported per message by a receipt | 694k msg/s (0.81× raw tungstenite), 1.4 µs per `send` |
-//! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.91× (634k msg/s, 1.2 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~25 bytes of `msgId` per message |
-//! | durable | [`durable(path)`](ClientBuilder::durable) | at least once, and accepted messages survive a crash, kill or restart of the process: the next client on the same file sends them, same ids, in order | 0.23–0.30× (162k–206k msg/s, 4.9–6.2 µs per `send`: one `write(2)` per message) with `JournalSync::Interval(1 s)` (default) or `Never`; `EveryMessage` survives power loss too at one `fdatasync` per message (3.0k msg/s, 0.33 ms per `send` on the 2-core development machine's disk) |
+//! | at most once | default | order; each message leaves once; a message written into a link that then dies may be lost: counted in `possibly_lost`, reported per message by a receipt | 1.0M msg/s (0.5–0.8× raw tungstenite batched), 0.9 µs per `send` |
+//! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.58× (584k msg/s, 1.7 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~25 bytes of `msgId` per message |
+//! | durable | [`durable(path)`](ClientBuilder::durable) | at least once, and accepted messages survive a crash, kill or restart of the process: the next client on the same file sends them, same ids, in order | 0.17–0.18× (167k–178k msg/s, 5.6–6.0 µs per `send`: one `write(2)` per message) with `JournalSync::Interval(1 s)` (default) or `Never`; `EveryMessage` survives power loss too at one `fdatasync` per message (about 2k msg/s, 0.5 ms per `send` on the development machine's disk) |
 //!
 //! ```no_run
 //! # use longlink::{Client, JournalSync};
