@@ -554,6 +554,9 @@ fn scale(n: usize) -> Option<Scale> {
     }
     thread::sleep(Duration::from_millis(500));
     let (rss1, threads1) = rss_and_threads();
+    if let Some(path) = std::env::var_os("LONGLINK_PERF_SMAPS") {
+        let _ = std::fs::copy("/proc/self/smaps", path);
+    }
     // Restart the server on the same port; clients were up for a while, so
     // each retries once at once, then backs off with jitter.
     drop(srv);

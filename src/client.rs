@@ -499,9 +499,20 @@ struct Worker {
 
 impl Worker {
     fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<Self, Error> {
+        Self::spawn_sized(name, None, f)
+    }
+
+    fn spawn_sized(
+        name: &str,
+        stack: Option<usize>,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, Error> {
         let (guard, exited) = bounded::<()>(0);
-        let handle = thread::Builder::new()
-            .name(name.into())
+        let mut builder = thread::Builder::new().name(name.into());
+        if let Some(size) = stack {
+            builder = builder.stack_size(size);
+        }
+        let handle = builder
             .spawn(move || {
                 let _guard = guard;
                 f()
@@ -774,7 +785,9 @@ impl Client {
             owner.start_dispatcher()?;
         }
         let s = shared.clone();
-        let io = Worker::spawn("longlink-io", move || crate::io::run(s, rx, dtx, initial))?;
+        let io = Worker::spawn_sized("longlink-io", Some(crate::stack::IO_STACK), move || {
+            crate::io::run(s, rx, dtx, initial)
+        })?;
         *owner.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
         Ok(Client { shared, owner })
     }

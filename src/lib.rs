@@ -179,6 +179,7 @@ mod liveness;
 mod message;
 mod outbox;
 mod pending;
+mod stack;
 mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;

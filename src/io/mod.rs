@@ -49,6 +49,7 @@ pub(crate) fn run(
     dispatch: Sender<Event>,
     recovered: Vec<Item>,
 ) {
+    let stack_top = crate::stack::Top::here();
     let backoff = Backoff::new(shared.cfg.backoff);
     let highest_id = recovered.iter().filter_map(|i| i.id).max().unwrap_or(0);
     let mut io = Io {
@@ -70,6 +71,8 @@ pub(crate) fn run(
         closing: None,
         events: Events::with_capacity(NonZeroUsize::new(8).expect("8 > 0")),
         shown_state: None,
+        stack_top,
+        stack_dirty: false,
     };
     io.run();
 }
@@ -239,6 +242,10 @@ struct Io {
     closing: Option<(Instant, Sender<Vec<Utf8Bytes>>)>,
     events: Events,
     shown_state: Option<LinkState>,
+    /// Where this thread's stack began, for [`crate::stack::release_below`].
+    stack_top: crate::stack::Top,
+    /// A connect ran since the stack was last trimmed.
+    stack_dirty: bool,
 }
 
 impl Io {
@@ -461,6 +468,7 @@ impl Io {
     }
 
     fn connect(&mut self) {
+        self.stack_dirty = true;
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
         self.set_state(LinkState::Connecting {
@@ -1038,6 +1046,11 @@ impl Io {
         if !self.rx.is_empty() || resumable {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return;
+        }
+        if self.stack_dirty && !busy {
+            // A connect went deep; the link may now idle for hours.
+            self.stack_dirty = false;
+            crate::stack::release_below(self.stack_top);
         }
         self.events.clear();
         let waited = self.shared.poller.wait(&mut self.events, timeout);
