@@ -320,7 +320,7 @@ impl Shared {
                     self.budget.force_reserve_below(weight, limit);
                     true
                 }
-                Overflow::Block(d) => self.budget.reserve_until(weight, Instant::now() + d),
+                Overflow::Block(d) => self.budget.reserve_within(weight, d),
             };
             if !reserved {
                 let message = hand_back(&item.text).unwrap_or(Value::Null);
@@ -402,18 +402,17 @@ impl Shared {
         let stamp = self.stamps(route, opts);
         let op_field = &self.cfg.operator_field;
         let avoid = stamp.then_some(self.cfg.msg_id_field.as_str());
-        let text = match crate::message::encode_direct(&msg, op_field, avoid)? {
-            Some((text, _)) => text,
+        let mut item = match crate::message::encode_direct(&msg, op_field, avoid)? {
+            Some(text) => Item::new(text),
             // Escapes, or a field of our id's name to replace: the full path.
             None => {
                 let mut value = self.to_value(msg)?;
                 if stamp && let Some(obj) = value.as_object_mut() {
                     obj.remove(&self.cfg.msg_id_field);
                 }
-                crate::message::encode(value, op_field)?.0
+                Item::from_string(crate::message::encode(value, op_field)?.0)
             }
         };
-        let mut item = Item::from_string(text);
         if stamp {
             // Room for the id spliced in later.
             item.weight += self.stamp_key.len() + 21;

@@ -1,6 +1,7 @@
 //! The JSON operator envelope: every message is a JSON object whose
 //! operator field (default `"Operator"`) names what it is. Pure.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -138,28 +139,53 @@ pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), E
 
 /// Serialize `msg` straight to frame text and check the envelope by
 /// scanning the text's top level, without building a `Value` (a deep copy
-/// per message otherwise). Returns the text and the operator, or `None`
-/// when the cheap path cannot decide (escapes in the operator, a field named
-/// `avoid` present): then use [`encode`].
+/// per message otherwise). Returns the text, or `None` when the cheap path
+/// cannot decide (escapes in the operator, a field named `avoid` present):
+/// then use [`encode`].
+///
+/// The text is written into a per-thread scratch buffer and copied out into
+/// one allocation of exactly its size: no growth reallocations, and the
+/// buffer becomes frame bytes without another allocation.
 pub(crate) fn encode_direct(
     msg: &impl serde::Serialize,
     op_field: &str,
     avoid: Option<&str>,
-) -> Result<Option<(String, String)>, Error> {
-    let text = serde_json::to_string(msg).map_err(Error::Serialize)?;
-    let scan = scan_top_level(&text, op_field, avoid);
-    match scan {
-        Scan::Operator(range) => {
-            let op = text[range].to_owned();
-            Ok(Some((text, op)))
-        }
-        Scan::Undecided => Ok(None),
-        Scan::Invalid => {
-            // The slow path names the problem and hands the message back.
-            let value: Value = serde_json::from_str(&text).map_err(Error::Serialize)?;
-            encode(value, op_field).map(Some)
-        }
+) -> Result<Option<String>, Error> {
+    /// Larger scratch buffers are not kept between messages.
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
+    SCRATCH.with(|cell| {
+        // A `Serialize` impl that sends from inside finds the buffer in use.
+        let mut own = Vec::new();
+        let mut held = cell.try_borrow_mut();
+        let buf = match held.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        buf.clear();
+        let written = serde_json::to_writer(&mut *buf, msg).map_err(Error::Serialize);
+        let result = written.and_then(|()| {
+            let text = std::str::from_utf8(buf).map_err(|e| Error::InvalidMessage {
+                reason: format!("serializer wrote invalid UTF-8: {e}"),
+                message: Value::Null,
+            })?;
+            match scan_top_level(text, op_field, avoid) {
+                Scan::Operator(_) => Ok(Some(text.to_owned())),
+                Scan::Undecided => Ok(None),
+                // The slow path names the problem and hands the message back.
+                Scan::Invalid => {
+                    let value: Value = serde_json::from_str(text).map_err(Error::Serialize)?;
+                    encode(value, op_field).map(|(text, _)| Some(text))
+                }
+            }
+        });
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        result
+    })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -389,9 +415,9 @@ mod tests {
     #[test]
     fn direct_encoding_matches_the_value_path() {
         let v = serde_json::json!({"Operator": "Post", "n": 1, "nested": {"Operator": "no"}});
-        let (text, op) = encode_direct(&v, "Operator", None).unwrap().unwrap();
-        assert_eq!(op, "Post");
-        assert_eq!((text, op), encode(v, "Operator").unwrap());
+        let text = encode_direct(&v, "Operator", None).unwrap().unwrap();
+        assert_eq!(text.len(), text.capacity(), "one exact allocation");
+        assert_eq!((text, "Post".to_owned()), encode(v, "Operator").unwrap());
         let bad = serde_json::json!({"op": "X"});
         assert!(matches!(
             encode_direct(&bad, "Operator", None),

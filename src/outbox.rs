@@ -70,6 +70,12 @@ impl Budget {
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
     }
 
+    /// Wait until room is free, at most `wait` (the clock is read only
+    /// when there is no room at once).
+    pub(crate) fn reserve_within(&self, bytes: usize, wait: Duration) -> bool {
+        self.try_reserve(bytes) || self.reserve_until(bytes, Instant::now() + wait)
+    }
+
     /// Wait until room is free or `deadline` passes.
     pub(crate) fn reserve_until(&self, bytes: usize, deadline: Instant) -> bool {
         if self.try_reserve(bytes) {
@@ -120,7 +126,12 @@ impl Budget {
 
     /// A message left the outbox (written, dropped or handed back).
     pub(crate) fn release(&self, bytes: usize) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.release_many(1, bytes);
+    }
+
+    /// `count` messages of `bytes` in all left the outbox.
+    pub(crate) fn release_many(&self, count: usize, bytes: usize) {
+        self.count.fetch_sub(count, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -883,6 +883,8 @@ impl Io {
         let mut n = 0u64;
         let mut bytes = 0u64;
         let mut resent = 0u64;
+        // Room given back to the budget: once per batch, not per message.
+        let mut freed = (0usize, 0usize);
         let mut result = Ok(());
         while n < WRITE_BATCH as u64 && !conn.write_blocked {
             let mut item = if let Some(item) = self.login.pop_front() {
@@ -895,7 +897,8 @@ impl Io {
                         }
                         // At-least-once messages hold their room until acknowledged.
                         if item.id.is_none() {
-                            shared.budget.release(item.weight());
+                            freed.0 += 1;
+                            freed.1 += item.weight();
                         }
                         item
                     }
@@ -978,6 +981,9 @@ impl Io {
             if result.is_err() {
                 break;
             }
+        }
+        if freed.0 > 0 {
+            shared.budget.release_many(freed.0, freed.1);
         }
         if n > 0 {
             Counters::add(&counters.messages_sent, n);
