@@ -800,14 +800,22 @@ impl Client {
                 LinkState::Closed(reason) => break Some(format!("{reason:?}")),
                 _ => {}
             }
+            // An attempt still running at the deadline is bounded by the same
+            // connect timeout: give it a moment to report its own error.
             let now = Instant::now();
-            if now >= deadline {
+            let connecting = matches!(*state, LinkState::Connecting { .. });
+            let until = if now < deadline || !connecting {
+                deadline
+            } else {
+                deadline + Duration::from_millis(200)
+            };
+            if now >= until {
                 break None;
             }
             state = self
                 .shared
                 .state_changed
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, until - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         };

@@ -14,8 +14,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Variants that refuse a message hand it back: see [`Error::into_message`].
 /// `Display` describes this layer only; the underlying cause, if any, is in
-/// [`source`](std::error::Error::source).
-#[derive(Debug)]
+/// [`source`](std::error::Error::source). `Debug` never shows a message's
+/// content (it may hold tokens or personal data): handed-back messages
+/// appear as their operator and size; take them with
+/// [`into_message`](Error::into_message).
 #[non_exhaustive]
 pub enum Error {
     /// The builder was given something unusable (bad URL, zero interval…).
@@ -138,6 +140,74 @@ impl Error {
                 !retry_rejections && (400..500).contains(status) && *status != 408 && *status != 429
             }
             _ => false,
+        }
+    }
+}
+
+/// How a handed-back message shows in `Debug`: operator and size only
+/// (the operator under the default field name; otherwise the size alone).
+struct Redacted<'a>(&'a Value);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The default operator field; a renamed one shows as size only.
+        let op = self.0.get("Operator").and_then(Value::as_str);
+        let size = serde_json::to_string(self.0).map_or(0, |t| t.len());
+        match op {
+            Some(op) => write!(f, "<message {op:?}, {size} bytes>"),
+            None => write!(f, "<message, {size} bytes>"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidConfig(why) => f.debug_tuple("InvalidConfig").field(why).finish(),
+            Error::Serialize(e) => f.debug_tuple("Serialize").field(e).finish(),
+            Error::InvalidMessage { reason, message } => f
+                .debug_struct("InvalidMessage")
+                .field("reason", reason)
+                .field("message", &Redacted(message))
+                .finish(),
+            Error::OutboxFull { message } => f
+                .debug_struct("OutboxFull")
+                .field("message", &Redacted(message))
+                .finish(),
+            Error::Closed { message } => f
+                .debug_struct("Closed")
+                .field("message", &message.as_ref().map(Redacted))
+                .finish(),
+            Error::Timeout(d) => f.debug_tuple("Timeout").field(d).finish(),
+            Error::ConnectionLost => f.write_str("ConnectionLost"),
+            Error::Remote(m) => f.debug_tuple("Remote").field(m).finish(),
+            Error::Connect { context, source } => f
+                .debug_struct("Connect")
+                .field("context", context)
+                .field("source", source)
+                .finish(),
+            Error::Rejected { status } => {
+                f.debug_struct("Rejected").field("status", status).finish()
+            }
+            Error::Tls(e) => f.debug_tuple("Tls").field(e).finish(),
+            Error::Fatal(why) => f.debug_tuple("Fatal").field(why).finish(),
+            Error::Journal {
+                context,
+                source,
+                message,
+            } => f
+                .debug_struct("Journal")
+                .field("context", context)
+                .field("source", source)
+                .field("message", &message.as_ref().map(Redacted))
+                .finish(),
+            Error::Unsent { messages } => f
+                .debug_struct("Unsent")
+                .field(
+                    "messages",
+                    &messages.iter().map(Redacted).collect::<Vec<_>>(),
+                )
+                .finish(),
         }
     }
 }

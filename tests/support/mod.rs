@@ -64,3 +64,63 @@ pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// A loopback listener whose every accepted connection runs
+/// `script(n, stream)` on its own thread (`n` counts connections from 0).
+/// For peers the testkit server cannot play: raw frames, broken handshakes.
+/// Returns the address and the connection count.
+pub fn raw_server(
+    script: impl Fn(usize, std::net::TcpStream) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let script = Arc::new(script);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            std::thread::spawn(move || script(n, stream));
+        }
+    });
+    (addr, count)
+}
+
+/// After a handshake: answer every text `{"Operator": X, …}` with
+/// `{"Operator": "XOK", "reqId": …}` until the peer goes.
+pub fn answer_ok(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) {
+    while let Ok(m) = ws.read() {
+        if let tungstenite::Message::Text(t) = m
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+            && let Some(op) = v.get("Operator").and_then(|o| o.as_str())
+        {
+            let mut reply = serde_json::json!({"Operator": format!("{op}OK")});
+            if let Some(id) = v.get("reqId") {
+                reply["reqId"] = id.clone();
+            }
+            if ws
+                .send(tungstenite::Message::text(reply.to_string()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// (RSS KiB, threads, open descriptors) of this process.
+pub fn process_usage() -> (u64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    (field("VmRSS:"), field("Threads:"), fds)
+}
