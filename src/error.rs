@@ -130,6 +130,22 @@ impl Error {
         matches!(self, Error::OutboxFull { .. })
     }
 
+    /// This error and its causes on one line, for logs and close reasons:
+    /// `TLS handshake failed: … certificate has expired`.
+    pub(crate) fn describe(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            cause = c.source();
+        }
+        text
+    }
+
     /// Whether a later attempt cannot succeed without a change (bad
     /// certificate, refused upgrade, bad configuration).
     pub(crate) fn is_permanent(&self, retry_rejections: bool) -> bool {

@@ -1,5 +1,7 @@
 //! Verifies `wss://` against a real TLS server whose certificate comes from a
-//! generated CA: accepted when the CA is trusted, refused otherwise.
+//! generated CA: accepted when the CA is trusted; refused with a clear,
+//! permanent error for an untrusted CA, a wrong host name or an expired
+//! certificate; accepted anyway only by the named opt-in, which warns.
 #![cfg(feature = "native-tls")]
 mod support;
 
@@ -7,12 +9,15 @@ use std::time::Duration;
 
 use longlink::{Client, Error};
 use serde_json::json;
-use support::{Server, ServerOpts, init_log, pki, tls_acceptor};
+use support::{Pki, Server, ServerOpts, capture_log, pki, pki_for, tls_acceptor};
 
 /// A TLS server with a certificate from a fresh CA, and its `wss://` URL.
-fn tls_server() -> (support::Pki, Server, String) {
-    init_log();
-    let pki = pki();
+fn tls_server() -> (Pki, Server, String) {
+    tls_server_with(pki())
+}
+
+fn tls_server_with(pki: Pki) -> (Pki, Server, String) {
+    capture_log();
     let server = Server::start_with(ServerOpts {
         tls: Some(tls_acceptor(&pki)),
         ..Default::default()
@@ -50,4 +55,65 @@ fn wss_refuses_an_untrusted_certificate_with_a_clear_error() {
         .map(|s| s.to_string())
         .unwrap_or_default();
     assert!(cause.contains("certificate"), "{cause}");
+}
+
+/// `connect` with the CA trusted fails at once (no retries) with a TLS
+/// error whose description names the problem.
+fn refused(pki: &Pki, url: &str, why: &[&str]) {
+    let started = std::time::Instant::now();
+    let err = Client::builder(url)
+        .tls_root_certificate_pem(pki.ca_pem.as_bytes())
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "not retried");
+    let cause = std::error::Error::source(&err)
+        .map(|s| s.to_string().to_lowercase())
+        .unwrap_or_default();
+    assert!(why.iter().any(|w| cause.contains(w)), "{cause}");
+    // A started client ends the link with the cause in its reason.
+    let client = Client::builder(url)
+        .tls_root_certificate_pem(pki.ca_pem.as_bytes())
+        .start()
+        .unwrap();
+    assert!(support::wait_until(Duration::from_secs(5), || matches!(
+        client.state(),
+        longlink::LinkState::Closed(_)
+    )));
+    let state = format!("{:?}", client.state()).to_lowercase();
+    assert!(why.iter().any(|w| state.contains(w)), "{state}");
+}
+
+#[test]
+fn wss_refuses_a_certificate_for_another_host_name() {
+    let (pki, _server, url) = tls_server_with(pki_for(&["other.example"], false));
+    refused(&pki, &url, &["hostname", "host name"]);
+}
+
+#[test]
+fn wss_refuses_an_expired_certificate() {
+    let (pki, _server, url) = tls_server_with(pki_for(&["localhost"], true));
+    refused(&pki, &url, &["expired"]);
+}
+
+#[test]
+fn accepting_invalid_certificates_is_an_explicit_opt_in_that_warns_at_connect() {
+    let (_pki, _server, url) = tls_server_with(pki_for(&["other.example"], true));
+    let log = capture_log();
+    let client = Client::builder(url.as_str())
+        .danger_accept_invalid_certificates(true)
+        .connect()
+        .unwrap();
+    let reply = client
+        .request(json!({"Operator": "Anyway"}), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(reply.operator(), "AnywayOK");
+    let warned = log.lock().unwrap().iter().any(|r| {
+        r.level == log::Level::Warn
+            && r.text.contains("danger_accept_invalid_certificates")
+            && r.text.contains(&url)
+    });
+    assert!(warned, "no warning at connect");
+    client.close(Duration::from_secs(1)).unwrap();
 }

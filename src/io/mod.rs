@@ -512,14 +512,14 @@ impl Io {
             }
             Err(e) => {
                 Counters::add(&self.shared.counters.connect_failures, 1);
+                let reason = e.describe();
                 log::warn!(
-                    "longlink: connecting to {} failed: {e}",
+                    "longlink: connecting to {} failed: {reason}",
                     redact_url(&cfg.url)
                 );
                 if e.is_permanent(cfg.retry_rejections) {
-                    self.end(CloseReason::Fatal(e.to_string()), Some(e));
+                    self.end(CloseReason::Fatal(reason), Some(e));
                 } else {
-                    let reason = e.to_string();
                     self.shared.set_last_error(e);
                     self.retry(Instant::now(), reason);
                 }

@@ -21,6 +21,12 @@ pub struct Pki {
 }
 
 pub fn pki() -> Pki {
+    pki_for(&["localhost", "127.0.0.1"], false)
+}
+
+/// A CA and a server certificate for these names; `expired`: valid only
+/// in 2020.
+pub fn pki_for(names: &[&str], expired: bool) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -29,8 +35,12 @@ pub fn pki() -> Pki {
         .push(DnType::CommonName, "longlink test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+    }
     let cert = params.signed_by(&key, &ca).unwrap();
     Pki {
         ca_pem: ca.pem(),
@@ -123,4 +133,45 @@ pub fn process_usage() -> (u64, u64, u64) {
     };
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     (field("VmRSS:"), field("Threads:"), fds)
+}
+
+/// One log record, as a capturing logger saw it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub level: log::Level,
+    pub target: String,
+    pub text: String,
+}
+
+static CAPTURED: std::sync::OnceLock<Mutex<Vec<Captured>>> = std::sync::OnceLock::new();
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if let Some(records) = CAPTURED.get() {
+            records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Captured {
+                    level: r.level(),
+                    target: r.target().to_owned(),
+                    text: r.args().to_string(),
+                });
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Capture every log record of this test binary, at every level and from
+/// every crate (instead of `init_log`; one logger per process).
+pub fn capture_log() -> &'static Mutex<Vec<Captured>> {
+    let records = CAPTURED.get_or_init(|| Mutex::new(Vec::new()));
+    if log::set_logger(&Capture).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    records
 }
