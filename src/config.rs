@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backoff::BackoffPolicy;
+use crate::proxy::Proxy;
 use crate::{Client, Error, JournalSync, Link, Overflow};
 
 /// The re-login hook: runs after every handshake, before the outbox flush.
@@ -50,6 +51,9 @@ pub(crate) struct Config {
     #[cfg(feature = "native-tls")]
     pub(crate) tls_roots: Vec<native_tls::Certificate>,
     pub(crate) accept_invalid_certs: bool,
+    /// The CONNECT proxy, explicit or (after `validate`) from the environment.
+    pub(crate) proxy: Option<Proxy>,
+    pub(crate) proxy_from_env: bool,
 }
 
 impl fmt::Debug for Config {
@@ -83,6 +87,8 @@ impl fmt::Debug for Config {
             .field("journal", &self.journal)
             .field("journal_sync", &self.journal_sync)
             .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .field("proxy", &self.proxy)
+            .field("proxy_from_env", &self.proxy_from_env)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +165,8 @@ impl ClientBuilder {
                 #[cfg(feature = "native-tls")]
                 tls_roots: Vec::new(),
                 accept_invalid_certs: false,
+                proxy: None,
+                proxy_from_env: false,
             },
             problems: Vec::new(),
         }
@@ -454,7 +462,32 @@ impl ClientBuilder {
         self
     }
 
+    /// Reach the server through this HTTP proxy with `CONNECT`:
+    /// `http://host:port`, or `http://user:password@host:port` for basic
+    /// authentication (percent-encode special characters). `wss://` goes
+    /// end to end through the tunnel: the proxy sees only the host and
+    /// port. The credentials never appear in logs or `Debug`. Overrides
+    /// [`proxy_from_env`](Self::proxy_from_env). Defaults to none.
+    pub fn proxy(mut self, url: &str) -> Self {
+        match Proxy::parse(url) {
+            Ok(p) => self.cfg.proxy = Some(p),
+            Err(e) => self.problems.push(format!("proxy: {e}")),
+        }
+        self
+    }
+
+    /// Take the proxy from the environment, as curl does: `HTTPS_PROXY`
+    /// for `wss://`, `HTTP_PROXY` for `ws://`, else `ALL_PROXY` (upper or
+    /// lower case), unless `NO_PROXY` lists the server's host (names,
+    /// domain suffixes, IP addresses, `*`; no CIDR ranges). Read once, when
+    /// the client is built. Defaults to off: the environment is ignored.
+    pub fn proxy_from_env(mut self) -> Self {
+        self.cfg.proxy_from_env = true;
+        self
+    }
+
     fn validate(mut self) -> Result<Config, Error> {
+        let mut from_env = None;
         let c = &self.cfg;
         match c.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
             Some(s) if s == "ws" || s == "wss" => {}
@@ -464,7 +497,18 @@ impl ClientBuilder {
             )),
         }
         match c.url.parse::<tungstenite::http::Uri>() {
-            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {}
+            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {
+                if c.proxy.is_none() && c.proxy_from_env {
+                    let tls = u.scheme_str() == Some("wss");
+                    let host = u.host().unwrap_or_default();
+                    match Proxy::from_env(tls, host, |k| std::env::var(k).ok()) {
+                        Ok(p) => from_env = p,
+                        Err(e) => self
+                            .problems
+                            .push(format!("proxy from the environment: {e}")),
+                    }
+                }
+            }
             Ok(_) => self
                 .problems
                 .push(format!("url {} has no host", redact_url(&c.url))),
@@ -520,6 +564,9 @@ impl ClientBuilder {
             if c.ack_operator.is_empty() {
                 self.problems.push("ack_operator must not be empty".into());
             }
+        }
+        if from_env.is_some() {
+            self.cfg.proxy = from_env;
         }
         if self.problems.is_empty() {
             Ok(self.cfg)

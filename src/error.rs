@@ -62,6 +62,15 @@ pub enum Error {
         /// The HTTP status code.
         status: u16,
     },
+    /// The HTTP proxy refused the `CONNECT` tunnel with this status (407:
+    /// credentials missing or wrong; 403: not allowed; 502/504: it could
+    /// not reach the server).
+    ProxyRejected {
+        /// The HTTP status code.
+        status: u16,
+        /// The proxy's reason phrase.
+        reason: String,
+    },
     /// TLS failed: certificate not trusted, wrong host name, protocol error.
     Tls(Box<dyn std::error::Error + Send + Sync>),
     /// The link gave up or was ended for good; the reason says why.
@@ -152,7 +161,7 @@ impl Error {
         match self {
             Error::InvalidConfig(_) | Error::Fatal(_) => true,
             Error::Tls(e) => e.to_string().contains("certificate"),
-            Error::Rejected { status } => {
+            Error::Rejected { status } | Error::ProxyRejected { status, .. } => {
                 !retry_rejections && (400..500).contains(status) && *status != 408 && *status != 429
             }
             _ => false,
@@ -205,6 +214,11 @@ impl fmt::Debug for Error {
             Error::Rejected { status } => {
                 f.debug_struct("Rejected").field("status", status).finish()
             }
+            Error::ProxyRejected { status, reason } => f
+                .debug_struct("ProxyRejected")
+                .field("status", status)
+                .field("reason", reason)
+                .finish(),
             Error::Tls(e) => f.debug_tuple("Tls").field(e).finish(),
             Error::Fatal(why) => f.debug_tuple("Fatal").field(why).finish(),
             Error::Journal {
@@ -244,6 +258,9 @@ impl fmt::Display for Error {
             Error::Connect { context, .. } => write!(f, "connection attempt failed: {context}"),
             Error::Rejected { status } => {
                 write!(f, "server refused the WebSocket upgrade: HTTP {status}")
+            }
+            Error::ProxyRejected { status, reason } => {
+                write!(f, "the proxy refused the tunnel: HTTP {status} {reason}")
             }
             Error::Tls(_) => f.write_str("TLS handshake failed"),
             Error::Fatal(why) => write!(f, "link ended: {why}"),

@@ -179,6 +179,7 @@ mod liveness;
 mod message;
 mod outbox;
 mod pending;
+mod proxy;
 mod stack;
 mod state;
 #[cfg(feature = "testkit")]

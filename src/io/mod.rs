@@ -499,7 +499,15 @@ impl Io {
                 let id = conn.id;
                 self.conn = Some(conn);
                 Counters::add(&self.shared.counters.connects, 1);
-                log::info!("longlink: connected to {}", redact_url(&cfg.url));
+                match &cfg.proxy {
+                    Some(p) => log::info!(
+                        "longlink: connected to {} through proxy {}:{}",
+                        redact_url(&cfg.url),
+                        p.host,
+                        p.port
+                    ),
+                    None => log::info!("longlink: connected to {}", redact_url(&cfg.url)),
+                }
                 if cfg.on_open.is_some() {
                     self.phase = Phase::LoggingIn {
                         deadline: Instant::now() + cfg.login_timeout,

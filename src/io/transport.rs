@@ -14,6 +14,7 @@ use tungstenite::stream::MaybeTlsStream;
 
 use crate::Error;
 use crate::config::{Config, redact_url};
+use crate::proxy::{Proxy, TunnelError, connect_tunnel};
 
 pub(crate) type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -66,10 +67,19 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
     let tls = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
 
+    // Through a proxy, TCP goes to the proxy, which opens the tunnel.
+    let (dial_host, dial_port) = match &cfg.proxy {
+        Some(p) => (p.host.as_str(), p.port),
+        None => (host.as_str(), port),
+    };
+    let dialled = match &cfg.proxy {
+        Some(p) => format!("proxy {}:{}", p.host, p.port),
+        None => shown.clone(),
+    };
     // DNS has no timeout in std; it is usually answered from a cache.
-    let addrs = (host.as_str(), port)
+    let addrs = (dial_host, dial_port)
         .to_socket_addrs()
-        .map_err(|e| io_err(format!("resolving {host}"), e))?;
+        .map_err(|e| io_err(format!("resolving {dial_host}"), e))?;
     let mut last = None;
     let mut stream = None;
     for addr in addrs {
@@ -90,7 +100,7 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
         None => {
             let e = last
                 .unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-            return Err(io_err(format!("connecting to {shown}"), e));
+            return Err(io_err(format!("connecting to {dialled}"), e));
         }
     };
     let left = deadline
@@ -102,6 +112,10 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
         s.set_write_timeout(Some(left))
     };
     setup(&stream).map_err(|e| io_err("configuring the socket", e))?;
+    let mut stream = stream;
+    if let Some(proxy) = &cfg.proxy {
+        tunnel(&mut stream, proxy, &host, port, &dialled)?;
+    }
 
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(cfg.read_buffer_size)
@@ -132,6 +146,25 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
     };
     finish(s).map_err(|e| io_err("configuring the socket", e))?;
     Ok(ws)
+}
+
+/// `CONNECT host:port` through the proxy on `stream`.
+fn tunnel(
+    stream: &mut TcpStream,
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+    dialled: &str,
+) -> Result<(), Error> {
+    match connect_tunnel(stream, proxy, host, port) {
+        Ok(()) => Ok(()),
+        Err(TunnelError::Status(status, reason)) => Err(Error::ProxyRejected { status, reason }),
+        Err(TunnelError::Io(e)) => Err(io_err(format!("opening a tunnel through {dialled}"), e)),
+        Err(TunnelError::Garbled(why)) => Err(io_err(
+            format!("opening a tunnel through {dialled}"),
+            io::Error::new(io::ErrorKind::InvalidData, why),
+        )),
+    }
 }
 
 #[cfg(feature = "native-tls")]

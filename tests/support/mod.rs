@@ -175,3 +175,88 @@ pub fn capture_log() -> &'static Mutex<Vec<Captured>> {
     }
     records
 }
+
+/// (CONNECT target, Proxy-Authorization value) per request.
+pub type ConnectLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A small HTTP CONNECT proxy on loopback: checks `Proxy-Authorization`
+/// when `auth` is set (answering 407 otherwise), records each CONNECT
+/// target and the credentials it carried, then pipes bytes both ways.
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    /// (target, Proxy-Authorization value) per CONNECT, accepted or not.
+    pub seen: ConnectLog,
+    /// Tunnels opened.
+    pub tunnels: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectProxy {
+    /// `auth`: the expected `Basic …` token, if any.
+    pub fn start(auth: Option<&str>) -> ConnectProxy {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tunnels = Arc::new(AtomicUsize::new(0));
+        let (s, t) = (seen.clone(), tunnels.clone());
+        let auth = auth.map(|a| format!("Basic {a}"));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let (seen, tunnels, auth) = (s.clone(), t.clone(), auth.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let mut given = None;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = h.split_once(':')
+                            && name.eq_ignore_ascii_case("proxy-authorization")
+                        {
+                            given = Some(value.trim().to_owned());
+                        }
+                    }
+                    seen.lock().unwrap().push((target.clone(), given.clone()));
+                    if auth.is_some() && given != auth {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                              Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        return;
+                    }
+                    let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                        return;
+                    };
+                    tunnels.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    let (mut c2, mut u2) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    let mut up = upstream;
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut u2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    // The BufReader may hold bytes read past the header.
+                    let _ = up.write_all(reader.buffer());
+                    let mut rest = reader.into_inner();
+                    let _ = std::io::copy(&mut rest, &mut up);
+                    let _ = up.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        ConnectProxy {
+            addr,
+            seen,
+            tunnels,
+        }
+    }
+}
