@@ -109,7 +109,7 @@ impl Registry {
     }
 
     /// Handlers for a message: the operator's own, else the catch-all ones.
-    fn for_message(&self, op: &str) -> Vec<Handler<Message>> {
+    pub(crate) fn for_message(&self, op: &str) -> Vec<Handler<Message>> {
         let t = self.read();
         match t.by_op.get(op) {
             Some(list) if !list.is_empty() => list.iter().map(|(_, h)| h.clone()).collect(),
@@ -118,7 +118,7 @@ impl Registry {
     }
 }
 
-fn call<T>(h: &Handler<T>, arg: &T, counters: &Counters, what: &str) {
+pub(crate) fn call<T>(h: &Handler<T>, arg: &T, counters: &Counters, what: &str) {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut f = h.lock().unwrap_or_else(|e| e.into_inner());
         f(arg)

@@ -173,6 +173,9 @@ mod config;
 mod delivery;
 mod dispatch;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod journal;
 mod liveness;
