@@ -114,6 +114,8 @@ pub(crate) struct Waiter {
     pub(crate) errors: Vec<String>,
     /// An idempotent request's frame, to write again after a reconnect.
     pub(crate) retry: Option<Retry>,
+    /// Index of the request's frame on its connection (set when written).
+    pub(crate) written_at: u64,
 }
 
 /// What it takes to send an idempotent request again.
@@ -466,6 +468,7 @@ impl Shared {
             tx,
             errors,
             retry: None,
+            written_at: 0,
         };
         let mut item = Item::from_string(text);
         item.reply = Some(Box::new(ReplyTo {

@@ -77,7 +77,8 @@ pub struct Stats {
     pub expired: u64,
     /// Messages written into a socket that then died before a pong showed
     /// the peer read them: they may or may not have arrived. At-least-once
-    /// messages are re-sent instead and never counted here.
+    /// messages are re-sent instead and never counted here; nor are
+    /// requests whose reply came, or idempotent requests written again.
     pub possibly_lost: u64,
     /// At-least-once: messages written and awaiting their acknowledgement now.
     pub awaiting_ack: u64,

@@ -159,6 +159,9 @@ pub struct ServerOpts {
     /// Serve `wss://` with this acceptor.
     #[cfg(feature = "native-tls")]
     pub tls: Option<native_tls::TlsAcceptor>,
+    /// Do not record text messages on [`Server::seen`] (opens and closes
+    /// still are): for long runs, where the record would grow without bound.
+    pub forget_texts: bool,
 }
 
 impl std::fmt::Debug for ServerOpts {
@@ -401,7 +404,9 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
                 last = Instant::now();
                 let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
                 out.extend(handler(id, &v));
-                let _ = s.seen.send(Seen::Text(id, v));
+                if !opts.forget_texts {
+                    let _ = s.seen.send(Seen::Text(id, v));
+                }
             }
             Ok(_) => last = Instant::now(),
             Err(tungstenite::Error::Io(e))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use longlink::{Client, Error};
 use serde_json::{Value, json};
-use support::{Proxy, Server, ServerOpts, init_log};
+use support::{Proxy, Server, ServerOpts, answer_ok, init_log, raw_server, wait_until};
 
 fn hammer(client: &Client) {
     let threads: Vec<_> = (0..8)
@@ -166,5 +166,43 @@ fn request_made_while_offline_waits_in_the_outbox() {
     assert_eq!(client.stats().outbox_depth, 1);
     proxy.restore();
     assert_eq!(waiter.join().unwrap().unwrap().operator(), "LaterOK");
+    client.close(Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn a_request_answered_before_the_link_died_is_not_counted_as_possibly_lost() {
+    use std::io::Write;
+    init_log();
+    // Answer the request with a raw frame (so no pong goes out), take the
+    // one-way message after it, then drop the connection: the reply proves
+    // the request arrived; nothing proves the message did.
+    let (addr, _) = raw_server(|n, stream| {
+        let mut ws = tungstenite::accept(stream).unwrap();
+        if n > 0 {
+            return answer_ok(&mut ws);
+        }
+        if let Ok(tungstenite::Message::Text(_)) = ws.read() {
+            let reply = br#"{"Operator":"AskOK"}"#;
+            let mut frame = vec![0x81, reply.len() as u8];
+            frame.extend_from_slice(reply);
+            ws.get_mut().write_all(&frame).unwrap();
+        }
+        let _ = ws.read();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let client = Client::builder(format!("ws://{addr}"))
+        .reconnect_min_delay(Duration::from_millis(10))
+        .connect()
+        .unwrap();
+    let reply = client
+        .request(json!({"Operator": "Ask"}), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(reply.operator(), "AskOK");
+    client.send(json!({"Operator": "OneWay"})).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .connects
+        == 2));
+    assert_eq!(client.stats().possibly_lost, 1, "{:?}", client.stats());
     client.close(Duration::from_secs(1)).unwrap();
 }

@@ -113,6 +113,9 @@ struct Conn {
     plain: u64,
     /// Of those, how many a pong confirmed.
     plain_confirmed: u64,
+    /// Plain frames written after the last confirmation whose reply came:
+    /// delivered for sure, so not "possibly lost" (their indexes).
+    answered: Vec<u64>,
     /// Outstanding ping: payload number, when, `written` and `plain` then.
     ping: Option<(u64, Instant, u64, u64)>,
     /// Receipts of plain messages written, by frame number, awaiting a pong.
@@ -146,6 +149,7 @@ impl Conn {
             confirmed: 0,
             plain: 0,
             plain_confirmed: 0,
+            answered: Vec::new(),
             ping: None,
             awaiting: VecDeque::new(),
             ping_seq: 0,
@@ -163,6 +167,8 @@ impl Conn {
     fn confirm(&mut self, written: u64, plain: u64) {
         self.confirmed = self.confirmed.max(written);
         self.plain_confirmed = self.plain_confirmed.max(plain);
+        let confirmed = self.confirmed;
+        self.answered.retain(|i| *i > confirmed);
         while let Some((n, _)) = self.awaiting.front()
             && *n <= self.confirmed
         {
@@ -596,12 +602,14 @@ impl Io {
     /// `retry`, so do idempotent requests (behind them).
     fn bury(&mut self, mut conn: Conn, now: Instant, retry: bool) {
         let c = &self.shared.counters;
-        Counters::add(&c.possibly_lost, conn.plain - conn.plain_confirmed);
         Counters::add(&c.heartbeat_misses, conn.live.misses());
         for (_, r) in conn.awaiting.drain(..) {
             r.set(Status::Failed(Failure::PossiblyLost));
         }
         let mut again = Vec::new();
+        // Frames written since the last pong are possibly lost, except
+        // requests answered meanwhile and idempotent ones written again.
+        let mut not_lost = conn.answered.len() as u64;
         for mut w in conn.pending.drain(now) {
             match w.retry.take().filter(|_| retry) {
                 Some(Retry {
@@ -609,6 +617,9 @@ impl Io {
                     key,
                     deadline,
                 }) => {
+                    if w.written_at > conn.confirmed {
+                        not_lost += 1;
+                    }
                     let mut item = Item::new(text);
                     item.written = true;
                     item.reply = Some(Box::new(ReplyTo {
@@ -623,6 +634,8 @@ impl Io {
                 None => w.answer(Err(Error::ConnectionLost)),
             }
         }
+        let unconfirmed = conn.plain - conn.plain_confirmed;
+        Counters::add(&c.possibly_lost, unconfirmed.saturating_sub(not_lost));
         // Oldest deadline first: the closest to its caller giving up.
         again.sort_by_key(|i| i.reply.as_ref().map(|r| r.deadline));
         for item in again.into_iter().rev() {
@@ -821,6 +834,9 @@ impl Io {
         let error_named = !cfg.error_suffix.is_empty() && op.ends_with(cfg.error_suffix.as_str());
         match conn.pending.offer(op, id, error_named, now) {
             Matched::Reply { waiter, error } => {
+                if waiter.written_at > conn.confirmed {
+                    conn.answered.push(waiter.written_at);
+                }
                 let error = error || waiter.errors.iter().any(|e| e == op);
                 waiter.answer(if error { Err(Error::Remote(m)) } else { Ok(m) });
                 self.answered = true;
@@ -983,6 +999,7 @@ impl Io {
                             deadline,
                         });
                     }
+                    waiter.written_at = conn.written;
                     conn.pending.insert(key, waiter, now, deadline);
                 }
             }
