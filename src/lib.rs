@@ -165,7 +165,21 @@
 //! backoff delays. `warn`: failed attempts, giving up, unsent messages at
 //! close, disabled certificate checks. `debug`: state changes, heartbeats,
 //! invalid frames (by size, not content). Header values, URL queries and
-//! message payloads are never logged.
+//! user info, proxy credentials and message payloads are never logged, and
+//! `Debug` of this crate's types never shows them either (handed-back
+//! messages appear as operator and size). tungstenite's own `trace` level
+//! prints the raw upgrade request and every frame: keep the `tungstenite`
+//! target at `debug` or below where secrets matter.
+//!
+//! ## Proxies and TLS
+//!
+//! [`ClientBuilder::proxy`] tunnels through an HTTP `CONNECT` proxy (basic
+//! authentication optional; `wss://` stays end to end);
+//! [`ClientBuilder::proxy_from_env`] reads `HTTPS_PROXY` / `HTTP_PROXY` /
+//! `ALL_PROXY` and `NO_PROXY`, only when asked. `wss://` verifies the
+//! certificate and the host name; a failure ends the link with
+//! [`Error::Tls`]. [`ClientBuilder::danger_accept_invalid_certificates`]
+//! is the explicit way around it, and warns at every connect.
 
 mod backoff;
 mod client;
