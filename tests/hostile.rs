@@ -31,6 +31,20 @@ fn raw_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A builder that retries every 10-20 ms.
+fn quick(url: impl Into<String>) -> longlink::ClientBuilder {
+    Client::builder(url)
+        .reconnect_min_delay(Duration::from_millis(10))
+        .reconnect_max_delay(Duration::from_millis(20))
+}
+
+/// Wait until the server has seen `n` connection attempts.
+fn attempts(count: &std::sync::atomic::AtomicUsize, n: usize) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        count.load(Ordering::SeqCst) >= n
+    })
+}
+
 fn wait_state(client: &Client, want: impl Fn(&LinkState) -> bool) -> bool {
     wait_until(Duration::from_secs(10), || want(&client.state()))
 }
@@ -115,16 +129,12 @@ fn a_frame_over_the_size_limit_resets_the_link_without_being_buffered() {
         }
     });
     let (rss0, _, _) = process_usage();
-    let client = Client::builder(format!("ws://{addr}"))
+    let client = quick(format!("ws://{addr}"))
         .max_message_size(256 * 1024)
-        .reconnect_min_delay(Duration::from_millis(10))
-        .reconnect_max_delay(Duration::from_millis(50))
         .start()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || count
-        .load(Ordering::SeqCst)
-        >= 3
-        && client.state() == LinkState::Open));
+    assert!(attempts(&count, 3));
+    assert!(wait_state(&client, |s| *s == LinkState::Open));
     let reply = client
         .request(json!({"Operator": "After"}), Duration::from_secs(5))
         .unwrap();
@@ -149,15 +159,11 @@ fn a_server_that_never_completes_the_handshake_is_timed_out_and_retried() {
         let _ = stream.read(&mut [0; 4096]);
         std::thread::sleep(Duration::from_secs(5));
     });
-    let client = Client::builder(format!("ws://{addr}"))
+    let client = quick(format!("ws://{addr}"))
         .connect_timeout(Duration::from_millis(200))
-        .reconnect_min_delay(Duration::from_millis(10))
-        .reconnect_max_delay(Duration::from_millis(20))
         .start()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || count
-        .load(Ordering::SeqCst)
-        >= 3));
+    assert!(attempts(&count, 3));
     assert!(!matches!(
         client.state(),
         LinkState::Open | LinkState::Closed(_)
@@ -195,14 +201,8 @@ fn http_status_server(status: &'static str) -> (String, Arc<std::sync::atomic::A
 fn an_upgrade_answered_with_5xx_is_retried_and_4xx_ends_the_link_with_the_status() {
     init_log();
     let (url, count) = http_status_server("503 Service Unavailable");
-    let client = Client::builder(url.as_str())
-        .reconnect_min_delay(Duration::from_millis(10))
-        .reconnect_max_delay(Duration::from_millis(20))
-        .start()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || count
-        .load(Ordering::SeqCst)
-        >= 3));
+    let client = quick(url.as_str()).start().unwrap();
+    assert!(attempts(&count, 3));
     assert!(!matches!(client.state(), LinkState::Closed(_)));
     client.close(Duration::from_secs(1)).unwrap();
     let err = Client::builder(url.as_str())
@@ -249,11 +249,7 @@ fn a_server_that_closes_during_the_handshake_is_retried_until_it_answers() {
             answer_ok(&mut ws);
         }
     });
-    let client = Client::builder(format!("ws://{addr}"))
-        .reconnect_min_delay(Duration::from_millis(10))
-        .reconnect_max_delay(Duration::from_millis(20))
-        .start()
-        .unwrap();
+    let client = quick(format!("ws://{addr}")).start().unwrap();
     let reply = client
         .request(json!({"Operator": "Hi"}), Duration::from_secs(10))
         .unwrap();
