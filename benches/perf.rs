@@ -498,6 +498,78 @@ fn first_buffered() -> (Duration, Duration) {
     (times[times.len() / 2], times[times.len() - 1])
 }
 
+// ---------------------------------------------------------------- CPU per message
+
+/// CPU time (ns) of the live threads of process `pid` ("self" for this one).
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time (ns) of this process's thread named `name`.
+fn thread_cpu_ns(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// (client ns, server ns, of which the I/O thread ns) of CPU per message
+/// for `n` one-way messages,
+/// sent from this thread (so every thread involved is alive when counted).
+fn cpu_per_message(srv: &ServerProcess, ours: bool) -> (f64, f64, f64) {
+    let pid = srv.child.id().to_string();
+    let n = N;
+    let (c0, s0, c1, s1);
+    let (mut io0, mut io1) = (0, 0);
+    if ours {
+        let client = Client::builder(srv.url.as_str())
+            .outbox_capacity(n as usize)
+            .outbox_max_bytes(1 << 30)
+            .connect()
+            .expect("connect");
+        (c0, s0, io0) = (cpu_ns("self"), cpu_ns(&pid), thread_cpu_ns("longlink-io"));
+        for i in 0..n {
+            client.send(msg(i)).expect("send");
+        }
+        let done = client
+            .request_expect(
+                end(),
+                longlink::Expect::reply("Done"),
+                Duration::from_secs(120),
+            )
+            .expect("Done");
+        assert_eq!(count_of(done.value()), n);
+        (c1, s1, io1) = (cpu_ns("self"), cpu_ns(&pid), thread_cpu_ns("longlink-io"));
+        let _ = client.close(Duration::from_secs(2));
+    } else {
+        let mut ws = raw_connect(&srv.url);
+        (c0, s0) = (cpu_ns("self"), cpu_ns(&pid));
+        for i in 0..n {
+            ws.write(frame(i)).expect("write");
+            if i % 64 == 63 {
+                ws.flush().expect("flush");
+            }
+        }
+        ws.send(text(&end())).expect("end");
+        assert_eq!(count_of(&raw_read_op(&mut ws, "Done")), n);
+        (c1, s1) = (cpu_ns("self"), cpu_ns(&pid));
+    }
+    let per = |a: u64, b: u64| (b - a) as f64 / n as f64;
+    (per(c0, c1), per(s0, s1), per(io0, io1))
+}
+
 // ---------------------------------------------------------------- scale
 
 /// How many idle links to hold (`LONGLINK_PERF_SCALE=1000,4000`). Each
@@ -664,6 +736,18 @@ fn main() {
     if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("send1") {
         for _ in 0..3 {
             eprintln!("send, 1 thread: {:.0} msg/s", ours_throughput(&url, 1));
+        }
+        return;
+    }
+    // LONGLINK_PERF_ONLY=cpu: CPU per message, ours vs raw batched.
+    if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("cpu") {
+        for _ in 0..3 {
+            let (oc, os, oio) = cpu_per_message(&srv, true);
+            let (rc, rs, _) = cpu_per_message(&srv, false);
+            eprintln!(
+                "CPU ns per message: longlink client {oc:.0} (I/O thread {oio:.0}) + server {os:.0}; \
+                 raw batched client {rc:.0} + server {rs:.0}"
+            );
         }
         return;
     }

@@ -119,12 +119,14 @@ fn soak_through_random_faults_loses_nothing_and_leaks_nothing() {
     // Faults, one every 0.3-2 s, until the end.
     let mut rng = fastrand::Rng::new();
     let mut faults = [0u64; 7];
-    let mut rss_warm = None;
-    let warm_at = Instant::now() + Duration::from_secs(secs / 10);
+    // RSS at each tenth of the run: a leak shows as a steady climb.
+    let started = Instant::now();
+    let mut rss_series = Vec::new();
     while Instant::now() < end {
         thread::sleep(Duration::from_millis(rng.u64(300..2000))); // the fault schedule
-        if rss_warm.is_none() && Instant::now() >= warm_at {
-            rss_warm = Some(process_usage().0);
+        let tenth = (started.elapsed().as_secs_f64() * 10.0 / secs as f64) as usize;
+        if tenth > rss_series.len() && tenth <= 10 {
+            rss_series.push(process_usage().0);
         }
         let kind = rng.usize(..faults.len());
         faults[kind] += 1;
@@ -167,12 +169,13 @@ fn soak_through_random_faults_loses_nothing_and_leaks_nothing() {
     });
     let (_, threads1, fds1) = process_usage();
     let t = tally.lock().unwrap();
-    let rss_warm = rss_warm.unwrap_or(rss_end);
+    // After warm-up: the first tenth.
+    let rss_warm = rss_series.first().copied().unwrap_or(rss_end);
     eprintln!(
         "soak {secs} s: {total} sent, {} accepted, {} duplicates dropped, {} out of order; \
          faults cut/reset/blackhole/stall/delay/kick/server-reset {faults:?}; \
          {} reconnects, {} re-sent; requests {} ok, {} failed; \
-         RSS after warm-up {rss_warm} KiB, at the end {rss_end} KiB; \
+         RSS after warm-up {rss_warm} KiB, at the end {rss_end} KiB (each tenth: {rss_series:?}); \
          threads {threads0} -> {threads1}, descriptors {fds0} -> {fds1}",
         t.next_seq,
         t.duplicates,
