@@ -126,18 +126,16 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
         .max_message_size(Some(cfg.max_message_size))
         .max_frame_size(Some(cfg.max_message_size));
 
-    let connector = tls_connector(cfg, tls)?;
-    let (ws, _response) =
-        match tungstenite::client_tls_with_config(request, stream, Some(ws_config), connector) {
-            Ok(ok) => ok,
-            Err(HandshakeError::Failure(e)) => return Err(classify(e, &shown)),
-            Err(HandshakeError::Interrupted(_)) => {
-                return Err(io_err(
-                    format!("handshake with {shown}"),
-                    io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
-                ));
-            }
-        };
+    let (ws, _response) = match handshake(cfg, tls, request, stream, ws_config)? {
+        Ok(ok) => ok,
+        Err(HandshakeError::Failure(e)) => return Err(classify(e, &shown)),
+        Err(HandshakeError::Interrupted(_)) => {
+            return Err(io_err(
+                format!("handshake with {shown}"),
+                io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
+            ));
+        }
+    };
     let s = tcp(&ws);
     let finish = |s: &TcpStream| -> io::Result<()> {
         s.set_read_timeout(None)?;
@@ -167,6 +165,50 @@ fn tunnel(
     }
 }
 
+type Handshake = Result<
+    (Ws, tungstenite::handshake::client::Response),
+    HandshakeError<tungstenite::handshake::client::ClientHandshake<MaybeTlsStream<TcpStream>>>,
+>;
+
+/// The upgrade, through TLS for `wss://`.
+#[cfg(any(feature = "native-tls", feature = "rustls"))]
+fn handshake(
+    cfg: &Config,
+    tls: bool,
+    request: tungstenite::handshake::client::Request,
+    stream: TcpStream,
+    ws_config: WebSocketConfig,
+) -> Result<Handshake, Error> {
+    let connector = tls_connector(cfg, tls)?;
+    Ok(tungstenite::client_tls_with_config(
+        request,
+        stream,
+        Some(ws_config),
+        connector,
+    ))
+}
+
+/// The upgrade, without TLS support built in: `wss://` is refused.
+#[cfg(not(any(feature = "native-tls", feature = "rustls")))]
+fn handshake(
+    cfg: &Config,
+    tls: bool,
+    request: tungstenite::handshake::client::Request,
+    stream: TcpStream,
+    ws_config: WebSocketConfig,
+) -> Result<Handshake, Error> {
+    if tls || cfg.accept_invalid_certs {
+        return Err(Error::InvalidConfig(
+            "wss:// needs the native-tls or rustls feature".into(),
+        ));
+    }
+    Ok(tungstenite::client::client_with_config(
+        request,
+        MaybeTlsStream::Plain(stream),
+        Some(ws_config),
+    ))
+}
+
 #[cfg(feature = "native-tls")]
 fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connector>, Error> {
     if !tls {
@@ -188,7 +230,7 @@ fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connecto
     Ok(Some(tungstenite::Connector::NativeTls(c)))
 }
 
-#[cfg(not(feature = "native-tls"))]
+#[cfg(all(feature = "rustls", not(feature = "native-tls")))]
 fn tls_connector(cfg: &Config, _tls: bool) -> Result<Option<tungstenite::Connector>, Error> {
     if cfg.accept_invalid_certs {
         return Err(Error::InvalidConfig(
