@@ -304,7 +304,11 @@ impl Shared {
 
     fn submit(&self, route: Route, mut item: Item, stamp: bool) -> Result<(), Error> {
         let hand_back = |text: &str| serde_json::from_str::<Value>(text).ok();
-        if self.refusing.load(Ordering::Acquire) {
+        // A closing link refuses the application's messages, not the
+        // re-login's: close waits for a login in progress so that the
+        // outbox can still flush behind it.
+        let login = matches!(route, Route::Login(_));
+        if self.refusing.load(Ordering::Acquire) && !login {
             return Err(Error::Closed {
                 message: hand_back(&item.text),
             });
@@ -336,7 +340,7 @@ impl Shared {
         };
         // Between the check and the push, close must wait for us (see io::finish).
         self.entering.fetch_add(1, Ordering::SeqCst);
-        if self.refusing.load(Ordering::SeqCst) {
+        if self.refusing.load(Ordering::SeqCst) && !login {
             self.entering.fetch_sub(1, Ordering::SeqCst);
             unreserve(&item);
             return Err(Error::Closed {
@@ -1041,7 +1045,9 @@ impl Client {
 
     /// Flushes what is queued until `timeout`, sends a Close frame, stops and
     /// joins its threads. New messages are refused from the start of the
-    /// call. If the link is not open, nothing more can be flushed. Under
+    /// call (not the `on_open` hook's: a re-login in progress finishes, and
+    /// the outbox flushes behind it). If the link is not open or logging
+    /// in, nothing more can be flushed. Under
     /// at-least-once it also waits (within `timeout`) for the
     /// acknowledgements; messages not acknowledged count as unsent. With a
     /// durable outbox they are not handed back: they stay in the journal

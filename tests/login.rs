@@ -156,3 +156,59 @@ fn failing_login_backs_off_and_state_says_so() {
         "{states:?}"
     );
 }
+
+#[test]
+fn close_during_a_relogin_lets_the_login_finish_and_flushes_the_outbox() {
+    init_log();
+    let server = login_server();
+    // The second login waits for this gate before it asks.
+    let (gate_tx, gate_rx) = crossbeam_channel::unbounded::<()>();
+    let logins = Arc::new(AtomicU32::new(0));
+    let l = logins.clone();
+    let client = Client::builder(server.url())
+        .reconnect_min_delay(Duration::from_millis(5))
+        .on_open(move |link| {
+            if l.fetch_add(1, Ordering::SeqCst) == 1 {
+                let _ = gate_rx.recv_timeout(Duration::from_secs(5));
+            }
+            link.request_expect(
+                json!({"Operator": "userLogin", "userCode": "c"}),
+                Expect::reply("LoginOK"),
+                Duration::from_secs(5),
+            )?;
+            Ok(())
+        })
+        .connect()
+        .unwrap();
+    server.kick_all();
+    assert!(wait_until(Duration::from_secs(5), || client.state()
+        == LinkState::LoggingIn));
+    for n in 0..5 {
+        client.send(json!({"Operator": "Bye", "n": n})).unwrap();
+    }
+    let closer = {
+        let c = client.clone();
+        std::thread::spawn(move || c.close(Duration::from_secs(5)))
+    };
+    // Once close refuses new messages, let the login ask. (Messages sent
+    // before that are accepted and delivered like the others.)
+    let mut late = 0;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let refused = client.send(json!({"Operator": "Late"})).is_err();
+        late += usize::from(!refused);
+        refused
+    }));
+    gate_tx.send(()).unwrap();
+    let closed = closer.join().unwrap();
+    assert!(closed.is_ok(), "{closed:?}");
+    let mut ops = Vec::new();
+    while let Ok(seen) = server.seen.try_recv() {
+        if let Seen::Text(_, v) = seen {
+            ops.push(v["Operator"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let mut expected = vec!["userLogin"; 2];
+    expected.extend(["Bye"; 5]);
+    expected.extend(vec!["Late"; late]);
+    assert_eq!(ops, expected);
+}
