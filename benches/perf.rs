@@ -268,14 +268,7 @@ fn ours_mode(
         w.join().expect("sender");
     }
     let sent = start.elapsed();
-    let done = client
-        .request_expect(
-            end(),
-            longlink::Expect::reply("Done"),
-            Duration::from_secs(120),
-        )
-        .expect("Done");
-    assert_eq!(count_of(done.value()), n);
+    await_done(&client, n);
     // With acknowledgements: until the client has them all.
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.stats().outbox_depth > 0 && Instant::now() < deadline {
@@ -285,6 +278,18 @@ fn ours_mode(
     let _ = client.close(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(&dir);
     (rate, sent.as_secs_f64() * 1e6 / n as f64)
+}
+
+/// Ask the server for its count once everything is sent; it must be `n`.
+fn await_done(client: &Client, n: u64) {
+    let done = client
+        .request_expect(
+            end(),
+            longlink::Expect::reply("Done"),
+            Duration::from_secs(120),
+        )
+        .expect("Done");
+    assert_eq!(count_of(done.value()), n);
 }
 
 fn ours_rtt(url: &str, by_id: bool) -> Vec<Duration> {
@@ -543,14 +548,7 @@ fn cpu_per_message(srv: &ServerProcess, ours: bool) -> (f64, f64, f64) {
         for i in 0..n {
             client.send(msg(i)).expect("send");
         }
-        let done = client
-            .request_expect(
-                end(),
-                longlink::Expect::reply("Done"),
-                Duration::from_secs(120),
-            )
-            .expect("Done");
-        assert_eq!(count_of(done.value()), n);
+        await_done(&client, n);
         (c1, s1, io1) = (cpu_ns("self"), cpu_ns(&pid), thread_cpu_ns("longlink-io"));
         let _ = client.close(Duration::from_secs(2));
     } else {
