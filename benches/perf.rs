@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use longlink::testkit::{Proxy, Seen, Server, ServerOpts};
+use longlink::testkit::{Proxy, Seen, Server, ServerOpts, process_usage};
 use longlink::{Client, ClientBuilder, JournalSync, LinkState, Overflow};
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -581,19 +581,6 @@ fn scale_sizes() -> Vec<usize> {
         .unwrap_or_else(|| vec![1_000, 4_000])
 }
 
-/// (RSS KiB, threads) of this process.
-fn rss_and_threads() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("Threads:"))
-}
-
 struct Scale {
     rss_per_conn_kib: f64,
     threads_per_conn: f64,
@@ -607,7 +594,7 @@ struct Scale {
 fn scale(n: usize) -> Option<Scale> {
     let srv = server_process(0);
     let port: u16 = srv.url.rsplit(':').next()?.parse().ok()?;
-    let (rss0, threads0) = rss_and_threads();
+    let (rss0, threads0, _) = process_usage();
     // Plain links: no subscriber, so no dispatcher thread (states are polled).
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
@@ -623,7 +610,7 @@ fn scale(n: usize) -> Option<Scale> {
         return None;
     }
     thread::sleep(Duration::from_millis(500));
-    let (rss1, threads1) = rss_and_threads();
+    let (rss1, threads1, _) = process_usage();
     if let Some(path) = std::env::var_os("LONGLINK_PERF_SMAPS") {
         let _ = std::fs::copy("/proc/self/smaps", path);
     }

@@ -53,6 +53,23 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use serde_json::{Value, json};
 use tungstenite::Message as Frame;
 
+/// (RSS KiB, threads, open file descriptors) of this process, from
+/// `/proc/self` (zeros where it does not exist): to check that an
+/// application keeps memory flat and leaks no thread or socket across
+/// reconnects.
+pub fn process_usage() -> (u64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    (field("VmRSS:"), field("Threads:"), fds)
+}
+
 /// Wait up to `timeout` for `cond`, polling it every 2 ms; returns its
 /// last value. For tests: a bounded wait for an event, never a fixed sleep.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -181,14 +181,21 @@ fn a_request_answered_before_the_link_died_is_not_counted_as_possibly_lost() {
         if n > 0 {
             return answer_ok(&mut ws);
         }
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         if let Ok(tungstenite::Message::Text(_)) = ws.read() {
             let reply = br#"{"Operator":"AskOK"}"#;
             let mut frame = vec![0x81, reply.len() as u8];
             frame.extend_from_slice(reply);
             ws.get_mut().write_all(&frame).unwrap();
         }
-        let _ = ws.read();
-        std::thread::sleep(Duration::from_millis(100));
+        // Read (pings included) until the one-way message is in, then drop.
+        while let Ok(m) = ws.read() {
+            if matches!(&m, tungstenite::Message::Text(t) if t.contains("OneWay")) {
+                break;
+            }
+        }
     });
     let client = Client::builder(format!("ws://{addr}"))
         .reconnect_min_delay(Duration::from_millis(10))

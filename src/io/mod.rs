@@ -78,7 +78,7 @@ pub(crate) fn run(
         shown_state: None,
         stack_top,
         stack_dirty: false,
-        answered: false,
+        just_answered: false,
     };
     io.run();
 }
@@ -259,7 +259,7 @@ struct Io {
     /// A connect ran since the stack was last trimmed.
     stack_dirty: bool,
     /// This turn handed a reply to a caller: it may ask again at once.
-    answered: bool,
+    just_answered: bool,
 }
 
 impl Io {
@@ -505,15 +505,10 @@ impl Io {
                 let id = conn.id;
                 self.conn = Some(conn);
                 Counters::add(&self.shared.counters.connects, 1);
-                match &cfg.proxy {
-                    Some(p) => log::info!(
-                        "longlink: connected to {} through proxy {}:{}",
-                        redact_url(&cfg.url),
-                        p.host,
-                        p.port
-                    ),
-                    None => log::info!("longlink: connected to {}", redact_url(&cfg.url)),
-                }
+                let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
+                    format!(" through proxy {}:{}", p.host, p.port)
+                });
+                log::info!("longlink: connected to {}{via}", redact_url(&cfg.url));
                 if cfg.on_open.is_some() {
                     self.phase = Phase::LoggingIn {
                         deadline: Instant::now() + cfg.login_timeout,
@@ -839,7 +834,7 @@ impl Io {
                 }
                 let error = error || waiter.errors.iter().any(|e| e == op);
                 waiter.answer(if error { Err(Error::Remote(m)) } else { Ok(m) });
-                self.answered = true;
+                self.just_answered = true;
             }
             Matched::Late => {
                 log::debug!("longlink: late reply {op:?} dropped (its caller gave up)")
@@ -1070,15 +1065,15 @@ impl Io {
         if busy && self.phase == Phase::Connecting {
             return;
         }
+        if std::mem::take(&mut self.just_answered) && !busy && self.spin() {
+            return;
+        }
         let planned = self.next_deadline();
         let timeout = if busy {
             Some(Duration::ZERO)
         } else {
             planned.map(|d| d.saturating_duration_since(Instant::now()))
         };
-        if std::mem::take(&mut self.answered) && !busy && self.spin() {
-            return;
-        }
         let cap = self.shared.cfg.dispatch_capacity;
         self.shared.sleeping.store(true, Ordering::SeqCst);
         // Pairs with the fence in `Shared::wake`: either the caller sees us

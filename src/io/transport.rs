@@ -170,8 +170,8 @@ type Handshake = Result<
     HandshakeError<tungstenite::handshake::client::ClientHandshake<MaybeTlsStream<TcpStream>>>,
 >;
 
-/// The upgrade, through TLS for `wss://`.
-#[cfg(any(feature = "native-tls", feature = "rustls"))]
+/// The upgrade: through TLS for `wss://`, or, without TLS support built
+/// in, plain only (`wss://` refused).
 fn handshake(
     cfg: &Config,
     tls: bool,
@@ -179,34 +179,29 @@ fn handshake(
     stream: TcpStream,
     ws_config: WebSocketConfig,
 ) -> Result<Handshake, Error> {
-    let connector = tls_connector(cfg, tls)?;
-    Ok(tungstenite::client_tls_with_config(
-        request,
-        stream,
-        Some(ws_config),
-        connector,
-    ))
-}
-
-/// The upgrade, without TLS support built in: `wss://` is refused.
-#[cfg(not(any(feature = "native-tls", feature = "rustls")))]
-fn handshake(
-    cfg: &Config,
-    tls: bool,
-    request: tungstenite::handshake::client::Request,
-    stream: TcpStream,
-    ws_config: WebSocketConfig,
-) -> Result<Handshake, Error> {
-    if tls || cfg.accept_invalid_certs {
-        return Err(Error::InvalidConfig(
-            "wss:// needs the native-tls or rustls feature".into(),
-        ));
+    #[cfg(any(feature = "native-tls", feature = "rustls"))]
+    {
+        let connector = tls_connector(cfg, tls)?;
+        Ok(tungstenite::client_tls_with_config(
+            request,
+            stream,
+            Some(ws_config),
+            connector,
+        ))
     }
-    Ok(tungstenite::client::client_with_config(
-        request,
-        MaybeTlsStream::Plain(stream),
-        Some(ws_config),
-    ))
+    #[cfg(not(any(feature = "native-tls", feature = "rustls")))]
+    {
+        if tls || cfg.accept_invalid_certs {
+            return Err(Error::InvalidConfig(
+                "wss:// needs the native-tls or rustls feature".into(),
+            ));
+        }
+        Ok(tungstenite::client::client_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(ws_config),
+        ))
+    }
 }
 
 #[cfg(feature = "native-tls")]

@@ -6,7 +6,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 pub use longlink::testkit::{
-    Dedup, Handler, Proxy, Seen, Server, ServerOpts, dedup_handler, ok_handler, wait_until,
+    Dedup, Handler, Proxy, Seen, Server, ServerOpts, dedup_handler, ok_handler, process_usage,
+    wait_until,
 };
 
 pub fn init_log() {
@@ -119,20 +120,6 @@ pub fn answer_ok(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) {
             }
         }
     }
-}
-
-/// (RSS KiB, threads, open descriptors) of this process.
-pub fn process_usage() -> (u64, u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    (field("VmRSS:"), field("Threads:"), fds)
 }
 
 /// One log record, as a capturing logger saw it.
