@@ -423,7 +423,7 @@ impl Shared {
             // Room for the id spliced in later.
             item.weight += self.stamp_key.len() + 21;
         }
-        item.expires = opts.ttl.map(|t| Instant::now() + t);
+        item.expires = opts.ttl.map(crate::time::from_now);
         item.volatile = opts.volatile;
         let cell = receipt.then(ReceiptCell::new);
         item.receipt = cell.clone();
@@ -467,7 +467,7 @@ impl Shared {
         };
         let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
         let (tx, rx) = bounded(1);
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::time::from_now(timeout);
         let waiter = Waiter {
             tx,
             errors,
@@ -581,7 +581,7 @@ impl Owner {
         if shared.close_called.swap(true, Ordering::SeqCst) {
             return Err(Error::Closed { message: None });
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::time::from_now(timeout);
         shared.refusing.store(true, Ordering::SeqCst);
         let (done_tx, done_rx) = bounded(1);
         shared.command(Command::Close {
@@ -591,10 +591,10 @@ impl Owner {
         // The I/O thread honours the deadline; a connect attempt in progress
         // may take it a little past.
         let grace = Duration::from_millis(250);
-        let unsent = done_rx.recv_deadline(deadline + grace);
+        let unsent = done_rx.recv_deadline(crate::time::after(deadline, grace));
         let io = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(io) = io {
-            io.join_until(deadline + grace);
+            io.join_until(crate::time::after(deadline, grace));
         }
         let dispatcher = self
             .dispatcher
@@ -602,7 +602,7 @@ impl Owner {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(dispatcher) = dispatcher {
-            dispatcher.join_until(deadline + grace);
+            dispatcher.join_until(crate::time::after(deadline, grace));
         }
         match unsent {
             Ok(texts) if texts.is_empty() => Ok(()),
@@ -799,7 +799,7 @@ impl Client {
     }
 
     pub(crate) fn wait_open(&self, timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::time::from_now(timeout);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let failure = loop {
             match &*state {
@@ -814,7 +814,7 @@ impl Client {
             let until = if now < deadline || !connecting {
                 deadline
             } else {
-                deadline + Duration::from_millis(200)
+                crate::time::after(deadline, Duration::from_millis(200))
             };
             if now >= until {
                 break None;

@@ -137,7 +137,7 @@ impl Receipt {
     /// Blocks until the status is final or `timeout` passes; returns the
     /// status then (possibly still `Queued` or `Written`).
     pub fn wait(&self, timeout: Duration) -> Status {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::time::from_now(timeout);
         let mut s = self.cell.status.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();

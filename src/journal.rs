@@ -227,7 +227,7 @@ impl Journal {
     /// When a pending sync is due (interval policy with unsynced writes).
     pub(crate) fn sync_due(&self) -> Option<Instant> {
         match self.sync {
-            JournalSync::Interval(d) if self.dirty => Some(self.last_sync + d),
+            JournalSync::Interval(d) if self.dirty => Some(crate::time::after(self.last_sync, d)),
             _ => None,
         }
     }

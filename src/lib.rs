@@ -201,6 +201,7 @@ mod stack;
 mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod time;
 
 pub use client::{Client, Expect, Link, Subscription, WeakClient};
 pub use config::ClientBuilder;

@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::time::after;
+
 /// What the I/O loop must do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -71,12 +73,14 @@ impl Liveness {
 
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         match self.probe {
-            Some(sent) if now >= sent + self.timeout => {
+            Some(sent) if now >= after(sent, self.timeout) => {
                 self.misses += 1;
                 Verdict::Dead
             }
             Some(_) => Verdict::Alive,
-            None if now >= self.last_in + self.interval || now >= self.last_out + self.interval => {
+            None if now >= after(self.last_in, self.interval)
+                || now >= after(self.last_out, self.interval) =>
+            {
                 Verdict::Probe
             }
             None => Verdict::Alive,
@@ -86,8 +90,8 @@ impl Liveness {
     /// When [`check`](Self::check) must run again.
     pub(crate) fn next_deadline(&self) -> Instant {
         match self.probe {
-            Some(sent) => sent + self.timeout,
-            None => self.last_in.min(self.last_out) + self.interval,
+            Some(sent) => after(sent, self.timeout),
+            None => after(self.last_in.min(self.last_out), self.interval),
         }
     }
 

@@ -73,7 +73,7 @@ impl Budget {
     /// Wait until room is free, at most `wait` (the clock is read only
     /// when there is no room at once).
     pub(crate) fn reserve_within(&self, bytes: usize, wait: Duration) -> bool {
-        self.try_reserve(bytes) || self.reserve_until(bytes, Instant::now() + wait)
+        self.try_reserve(bytes) || self.reserve_until(bytes, crate::time::from_now(wait))
     }
 
     /// Wait until room is free or `deadline` passes.

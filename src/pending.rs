@@ -61,10 +61,12 @@ impl<W> Default for Pending<W> {
 
 impl<W> Pending<W> {
     pub(crate) fn insert(&mut self, key: Key, waiter: W, now: Instant, deadline: Instant) {
-        let forget_at = deadline
-            + deadline
+        let forget_at = crate::time::after(
+            deadline,
+            deadline
                 .saturating_duration_since(now)
-                .max(Duration::from_secs(1));
+                .max(Duration::from_secs(1)),
+        );
         self.inserts += 1;
         match key {
             Key::Operator { reply, errors } => {

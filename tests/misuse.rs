@@ -228,3 +228,73 @@ fn handlers_may_subscribe_and_unsubscribe_and_panicking_hooks_are_contained() {
     assert_eq!(ask(&client, "Alive"), "AliveOK");
     client.close(Duration::from_secs(1)).unwrap();
 }
+
+/// Run `f` on its own thread; its result, or None if it did not return
+/// within `limit` (a hang) or panicked.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+#[test]
+fn duration_max_means_no_limit_everywhere_and_never_panics() {
+    init_log();
+    let server = Server::start();
+    let max = Duration::MAX;
+    let client = Client::builder(server.url())
+        .heartbeat_interval(max)
+        .heartbeat_timeout(max)
+        .login_timeout(max)
+        .request_timeout(max)
+        .reconnect_max_delay(max)
+        .reconnect_healthy_after(max)
+        .drop_close_timeout(max)
+        .outbox_overflow(longlink::Overflow::Block(max))
+        .on_open(|_| Ok(()))
+        .connect()
+        .unwrap();
+    // The I/O thread is alive: messages flow, requests are answered.
+    client.send(json!({"Operator": "FireA"})).unwrap();
+    assert_eq!(
+        server.next_text(Duration::from_secs(5)).unwrap()["Operator"],
+        "FireA"
+    );
+    let r = client
+        .send_with(json!({"Operator": "FireB"}), SendOptions::new().ttl(max))
+        .unwrap();
+    assert_eq!(
+        server.next_text(Duration::from_secs(5)).unwrap()["Operator"],
+        "FireB"
+    );
+    assert!(r.wait(Duration::from_secs(5)).is_final() || r.status() == longlink::Status::Written);
+    assert_eq!(ask(&client, "Get"), "GetOK");
+    let c = client.clone();
+    let got = within(Duration::from_secs(5), move || {
+        c.request(json!({"Operator": "Get"}), Duration::MAX)
+            .map(|m| m.operator().to_owned())
+    });
+    assert_eq!(got.map(|r| r.unwrap()), Some("GetOK".to_owned()));
+    assert_eq!(client.state(), LinkState::Open);
+    // close(Duration::MAX) flushes and returns; the link is closed for good.
+    let c = client.clone();
+    let closed = within(Duration::from_secs(5), move || c.close(Duration::MAX));
+    assert!(matches!(closed, Some(Ok(()))), "{closed:?}");
+    assert_eq!(client.state(), LinkState::Closed(CloseReason::Requested));
+    assert!(wait_until(Duration::from_secs(5), || server.live() == 0));
+}
+
+#[test]
+fn a_connect_timeout_of_duration_max_connects_and_closes() {
+    init_log();
+    let server = Server::start();
+    let client = Client::builder(server.url())
+        .connect_timeout(Duration::MAX)
+        .connect()
+        .unwrap();
+    assert_eq!(ask(&client, "Get"), "GetOK");
+    drop(client);
+    assert!(wait_until(Duration::from_secs(5), || server.live() == 0));
+}

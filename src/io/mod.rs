@@ -488,7 +488,7 @@ impl Io {
         self.set_state(LinkState::Connecting {
             attempt: self.backoff.failures(),
         });
-        let deadline = Instant::now() + cfg.connect_timeout;
+        let deadline = crate::time::from_now(cfg.connect_timeout);
         let result = transport::connect(cfg, deadline).and_then(|ws| {
             self.conn_ids += 1;
             let now = Instant::now();
@@ -511,7 +511,7 @@ impl Io {
                 log::info!("longlink: connected to {}{via}", redact_url(&cfg.url));
                 if cfg.on_open.is_some() {
                     self.phase = Phase::LoggingIn {
-                        deadline: Instant::now() + cfg.login_timeout,
+                        deadline: crate::time::from_now(cfg.login_timeout),
                     };
                     self.set_state(LinkState::LoggingIn);
                     let _ = self.dispatch.send(Event::Hook { conn: id });
@@ -548,7 +548,9 @@ impl Io {
             Next::Retry { delay, .. } if delay.is_zero() => self.phase = Phase::Connecting,
             Next::Retry { attempt, delay } => {
                 log::info!("longlink: retrying in {delay:?} (attempt {attempt})");
-                self.phase = Phase::Backoff { until: now + delay };
+                self.phase = Phase::Backoff {
+                    until: crate::time::after(now, delay),
+                };
                 self.set_state(LinkState::Backoff { attempt, delay });
             }
             Next::GiveUp { attempts } => {
@@ -1098,7 +1100,7 @@ impl Io {
         }
         let woke = Instant::now();
         if let (Some(planned), Some(conn)) = (planned, self.conn.as_mut())
-            && woke > planned + FREEZE_GAP
+            && woke > crate::time::after(planned, FREEZE_GAP)
         {
             log::info!(
                 "longlink: woke {:?} late (process frozen?); probing the peer",
