@@ -171,6 +171,9 @@ pub(crate) struct Shared {
     /// The dispatcher's end of its channel, until it starts.
     dispatch_rx: Mutex<Option<Receiver<dispatch::Event>>>,
     pub(crate) read_paused: AtomicBool,
+    /// The connection a [`Link`] may use: set by the I/O thread when a
+    /// connection is made, 0 once it is gone.
+    pub(crate) live_conn: AtomicU64,
     dispatcher_id: OnceLock<ThreadId>,
     /// At-least-once: ids (and the journal). Held from stamping to the push,
     /// so the outbox order is the id order.
@@ -308,6 +311,12 @@ impl Shared {
         // re-login's: close waits for a login in progress so that the
         // outbox can still flush behind it.
         let login = matches!(route, Route::Login(_));
+        // A Link is bound to its connection: once that is gone, say so.
+        if let Route::Login(conn) = route
+            && self.live_conn.load(Ordering::Acquire) != conn
+        {
+            return Err(Error::ConnectionLost);
+        }
         if self.refusing.load(Ordering::Acquire) && !login {
             return Err(Error::Closed {
                 message: hand_back(&item.text),
@@ -482,11 +491,25 @@ impl Shared {
             idempotent,
         }));
         self.submit(route, item, false)?;
-        match rx.recv_deadline(deadline) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed { message: None }),
-        }
+        let answer = rx.recv_deadline(deadline);
+        request_outcome(answer, deadline, Instant::now(), timeout)
+    }
+}
+
+/// What a request's caller gets. The I/O thread lets go of a waiter
+/// without answering only once its deadline has passed (by its clock,
+/// which is ours): that is a timeout, not a closed link.
+fn request_outcome(
+    answer: Result<Result<Message, Error>, RecvTimeoutError>,
+    deadline: Instant,
+    now: Instant,
+    timeout: Duration,
+) -> Result<Message, Error> {
+    match answer {
+        Ok(r) => r,
+        Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+        Err(RecvTimeoutError::Disconnected) if now >= deadline => Err(Error::Timeout(timeout)),
+        Err(RecvTimeoutError::Disconnected) => Err(Error::Closed { message: None }),
     }
 }
 
@@ -774,6 +797,7 @@ impl Client {
             dispatcher_on: AtomicBool::new(false),
             dispatch_rx: Mutex::new(Some(drx)),
             read_paused: AtomicBool::new(false),
+            live_conn: AtomicU64::new(0),
             dispatcher_id: OnceLock::new(),
             seq,
             stamp_key,
@@ -1208,6 +1232,18 @@ mod tests {
         // channel and the outbox: doubling this cost 20-30 % of throughput.
         assert!(size_of::<Command>() <= 128, "{}", size_of::<Command>());
         assert!(size_of::<Item>() <= 112, "{}", size_of::<Item>());
+    }
+
+    #[test]
+    fn a_waiter_let_go_after_its_deadline_is_a_timeout_not_a_closed_link() {
+        let t = Instant::now();
+        let d = t + Duration::from_millis(5);
+        let gone = Err(RecvTimeoutError::Disconnected);
+        let r = request_outcome(gone, d, d, Duration::from_millis(5));
+        assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+        let gone = Err(RecvTimeoutError::Disconnected);
+        let r = request_outcome(gone, d, t, Duration::from_millis(5));
+        assert!(matches!(r, Err(Error::Closed { .. })), "{r:?}");
     }
 
     #[test]

@@ -212,3 +212,99 @@ fn close_during_a_relogin_lets_the_login_finish_and_flushes_the_outbox() {
     expected.extend(vec!["Late"; late]);
     assert_eq!(ops, expected);
 }
+
+#[test]
+fn the_app_heartbeat_waits_for_open_while_the_on_open_step_runs() {
+    init_log();
+    // A peer that reports every text operator and every ping, in order.
+    let (tx, seen) = crossbeam_channel::unbounded::<String>();
+    let (addr, _) = support::raw_server(move |_, stream| {
+        let mut ws = tungstenite::accept(stream).unwrap();
+        while let Ok(m) = ws.read() {
+            let what = match m {
+                tungstenite::Message::Ping(_) => "ping".to_owned(),
+                tungstenite::Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                    v["Operator"].as_str().unwrap_or_default().to_owned()
+                }
+                _ => continue,
+            };
+            let _ = tx.send(what);
+        }
+    });
+    let (go, gate) = crossbeam_channel::bounded::<()>(1);
+    let client = Client::builder(format!("ws://{addr}"))
+        .app_heartbeat(json!({"Operator": "Heart"}), "HeartOK")
+        .login_timeout(Duration::from_secs(20))
+        .on_open(move |link| {
+            link.send(json!({"Operator": "FireLogin"}))?;
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    let next = || seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The hook's message, and the ping that confirms it.
+    assert_eq!(next(), "FireLogin");
+    assert_eq!(next(), "ping");
+    assert_eq!(client.state(), LinkState::LoggingIn);
+    // Its pong is read (a frame read after the probe below would make
+    // the probe unnecessary).
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .last_rtt
+        .is_some()));
+    // A probe falls due during the step (an app back in the foreground).
+    client.reconnect_now();
+    assert_eq!(next(), "ping");
+    go.send(()).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || client.state() == LinkState::Open));
+    client.send(json!({"Operator": "FireAfter"})).unwrap();
+    assert_eq!(
+        next(),
+        "FireAfter",
+        "the app heartbeat went out during the on_open step"
+    );
+}
+
+#[test]
+fn a_link_whose_connection_is_gone_refuses_with_connection_lost() {
+    init_log();
+    let server = Server::start();
+    let proxy = Proxy::start(server.addr);
+    let (go, gate) = crossbeam_channel::bounded::<()>(1);
+    let result = Arc::new(Mutex::new(None));
+    let res = result.clone();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let client = Client::builder(proxy.url())
+        .reconnect_min_delay(Duration::from_millis(5))
+        .login_timeout(Duration::from_secs(20))
+        .on_open(move |link| {
+            if first.swap(false, Ordering::SeqCst) {
+                let _ = gate.recv_timeout(Duration::from_secs(10));
+                let sent = link.send(json!({"Operator": "FireLate"}));
+                let asked = link.request(json!({"Operator": "Get"}), Duration::from_secs(1));
+                *res.lock().unwrap() = Some((sent, asked.map(drop)));
+            }
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || client.state()
+        == LinkState::LoggingIn));
+    proxy.cut();
+    // The first connection is gone for good once the second one is made.
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .connects
+        == 2));
+    go.send(()).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || result
+        .lock()
+        .unwrap()
+        .is_some()));
+    let (sent, asked) = result.lock().unwrap().take().unwrap();
+    assert!(matches!(sent, Err(Error::ConnectionLost)), "{sent:?}");
+    assert!(matches!(asked, Err(Error::ConnectionLost)), "{asked:?}");
+    assert_eq!(client.stats().dropped, 0, "refused, not silently dropped");
+}

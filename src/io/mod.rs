@@ -504,6 +504,7 @@ impl Io {
             Ok(conn) => {
                 let id = conn.id;
                 self.conn = Some(conn);
+                self.shared.live_conn.store(id, Ordering::Release);
                 Counters::add(&self.shared.counters.connects, 1);
                 let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
                     format!(" through proxy {}:{}", p.host, p.port)
@@ -598,6 +599,7 @@ impl Io {
     /// Unacknowledged messages go back to the front of the outbox; with
     /// `retry`, so do idempotent requests (behind them).
     fn bury(&mut self, mut conn: Conn, now: Instant, retry: bool) {
+        self.shared.live_conn.store(0, Ordering::Release);
         let c = &self.shared.counters;
         Counters::add(&c.heartbeat_misses, conn.live.misses());
         for (_, r) in conn.awaiting.drain(..) {
@@ -882,7 +884,13 @@ impl Io {
             return Ok(());
         };
         conn.send_ping(now)?;
-        if let Some((text, _)) = &cfg.app_heartbeat {
+        // While the on_open step runs, only its messages may go out: the
+        // ping proves liveness alone, the app heartbeat waits for Open.
+        if let Some((text, _)) = cfg
+            .app_heartbeat
+            .as_ref()
+            .filter(|_| self.phase == Phase::Open)
+        {
             write_frame(conn, Frame::Text(text.clone().into()))?;
             Counters::add(&self.shared.counters.messages_sent, 1);
             Counters::add(&self.shared.counters.bytes_sent, text.len() as u64);
