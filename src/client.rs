@@ -41,7 +41,8 @@ pub(crate) enum Command {
     },
     /// Skip the backoff wait (or probe an open link now).
     ReconnectNow,
-    /// Flush until `deadline`, close, report the unsent messages' texts.
+    /// Flush until `deadline`, close, report the unsent messages' texts
+    /// (after counting what may have been lost).
     Close {
         deadline: Instant,
         done: Sender<Vec<Utf8Bytes>>,
@@ -605,6 +606,7 @@ impl Owner {
             return Err(Error::Closed { message: None });
         }
         let deadline = crate::time::from_now(timeout);
+        let lost_before = shared.counters.possibly_lost.load(Ordering::Acquire);
         shared.refusing.store(true, Ordering::SeqCst);
         let (done_tx, done_rx) = bounded(1);
         shared.command(Command::Close {
@@ -627,15 +629,27 @@ impl Owner {
         if let Some(dispatcher) = dispatcher {
             dispatcher.join_until(crate::time::after(deadline, grace));
         }
-        match unsent {
-            Ok(texts) if texts.is_empty() => Ok(()),
-            Ok(texts) => Err(Error::Unsent {
-                messages: texts
-                    .iter()
-                    .filter_map(|t| serde_json::from_str(t).ok())
-                    .collect(),
+        let Ok(unsent) = unsent else {
+            return Err(Error::Timeout(timeout));
+        };
+        // What close answers for: messages not known delivered when it was
+        // called. Losses reported before are in the stats and receipts.
+        let possibly_lost = shared
+            .counters
+            .possibly_lost
+            .load(Ordering::Acquire)
+            .saturating_sub(lost_before);
+        let messages: Vec<Value> = unsent
+            .iter()
+            .filter_map(|t| serde_json::from_str(t).ok())
+            .collect();
+        match (possibly_lost, messages.is_empty()) {
+            (0, true) => Ok(()),
+            (0, false) => Err(Error::Unsent { messages }),
+            (count, _) => Err(Error::PossiblyLost {
+                count,
+                unsent: messages,
             }),
-            Err(_) => Err(Error::Timeout(timeout)),
         }
     }
 }
@@ -1067,22 +1081,33 @@ impl Client {
         self.shared.command(Command::ReconnectNow);
     }
 
-    /// Flushes what is queued until `timeout`, sends a Close frame, stops and
-    /// joins its threads. New messages are refused from the start of the
-    /// call (not the `on_open` hook's: a re-login in progress finishes, and
-    /// the outbox flushes behind it). If the link is not open or logging
-    /// in, nothing more can be flushed. Under
-    /// at-least-once it also waits (within `timeout`) for the
-    /// acknowledgements; messages not acknowledged count as unsent. With a
-    /// durable outbox they are not handed back: they stay in the journal
-    /// and are sent by the next client started on it. The journal file is
-    /// released.
+    /// Flushes what is queued until `timeout`, then says goodbye (a ping,
+    /// then a Close frame, and waits for the pong), stops and joins its
+    /// threads. Returns by `timeout` (plus a few ms) whatever the I/O
+    /// thread is doing: a connect attempt in progress is abandoned. New
+    /// messages are refused from the start of the call (not the `on_open`
+    /// hook's: a re-login in progress finishes, and the outbox flushes
+    /// behind it). If the link is not open or logging in, nothing more can
+    /// be flushed. Under at-least-once it also waits (within `timeout`) for
+    /// the acknowledgements; messages not acknowledged are handed back.
+    /// With a durable outbox they are not handed back: they stay in the
+    /// journal and are sent by the next client started on it. The journal
+    /// file is released.
+    ///
+    /// `Ok(())` means every message accepted before this call and not
+    /// already reported lost (in [`Stats`] and receipts) is known to have
+    /// arrived: a pong to a ping written after it (at most once), its
+    /// acknowledgement (at least once), or it stays in the journal
+    /// (durable). A Close frame from the server proves nothing: it may
+    /// have crossed ours, sent before the server read our last messages.
     ///
     /// # Errors
     /// [`Error::Unsent`] with the messages that did not leave (or were not
-    /// acknowledged), in order;
-    /// [`Error::Closed`] if already closed; [`Error::Timeout`] if the I/O
-    /// thread did not finish in time (it then finishes alone).
+    /// acknowledged), in order; [`Error::PossiblyLost`] when, besides,
+    /// messages were written that nothing confirmed (they may or may not
+    /// have arrived); [`Error::Closed`] if already closed;
+    /// [`Error::Timeout`] if the I/O thread did not finish in time (it
+    /// then finishes alone).
     pub fn close(&self, timeout: Duration) -> Result<(), Error> {
         self.owner.close(timeout)
     }

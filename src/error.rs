@@ -91,6 +91,18 @@ pub enum Error {
         /// The messages, handed back.
         messages: Vec<Value>,
     },
+    /// [`Client::close`](crate::Client::close) could not confirm every
+    /// message it was responsible for: `count` of them were written but no
+    /// pong (at most once) showed the server read them before the link
+    /// ended, so they may or may not have arrived (their receipts say
+    /// [`Failure::PossiblyLost`](crate::Failure::PossiblyLost)); `unsent`
+    /// never left, in their original order.
+    PossiblyLost {
+        /// Messages that may have been lost.
+        count: u64,
+        /// The messages that never left, handed back.
+        unsent: Vec<Value>,
+    },
 }
 
 impl Error {
@@ -238,6 +250,11 @@ impl fmt::Debug for Error {
                     &messages.iter().map(Redacted).collect::<Vec<_>>(),
                 )
                 .finish(),
+            Error::PossiblyLost { count, unsent } => f
+                .debug_struct("PossiblyLost")
+                .field("count", count)
+                .field("unsent", &unsent.iter().map(Redacted).collect::<Vec<_>>())
+                .finish(),
         }
     }
 }
@@ -268,6 +285,11 @@ impl fmt::Display for Error {
             Error::Unsent { messages } => {
                 write!(f, "closed with {} messages unsent", messages.len())
             }
+            Error::PossiblyLost { count, unsent } => write!(
+                f,
+                "closed with {count} messages possibly lost (written, never confirmed) and {} unsent",
+                unsent.len()
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use polling::{Event as Ready, Events, PollMode, Poller};
 use serde_json::Value;
 use tungstenite::Message as Frame;
@@ -45,6 +45,9 @@ const COMMAND_BATCH: usize = 16 * 1024;
 /// request p50 1.34–1.85× raw ping-pong without it, 1.1–1.3× with 50, 100
 /// or 200 µs alike, none at 30 µs (a woken caller takes longer to ask again).
 const SPIN: Duration = Duration::from_micros(50);
+/// How long past its connect timeout an attempt may take to answer before
+/// it is given up (DNS has no timeout of its own).
+const ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 /// Waking this much later than planned means the process was frozen.
 const FREEZE_GAP: Duration = Duration::from_secs(2);
 
@@ -74,6 +77,7 @@ pub(crate) fn run(
         backoff,
         conn_ids: 0,
         closing: None,
+        attempt: None,
         events: Events::with_capacity(NonZeroUsize::new(8).expect("8 > 0")),
         shown_state: None,
         stack_top,
@@ -86,8 +90,11 @@ pub(crate) fn run(
 /// The lifecycle. Each arm of [`Io::step`] says what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Next turn opens a connection (blocking, bounded by the connect timeout).
+    /// Next turn starts a connection attempt.
     Connecting,
+    /// An attempt runs on its own thread (TCP, proxy, TLS and the upgrade
+    /// block), so this thread stays free for `close`; given up at `until`.
+    Dialing { until: Instant },
     /// Connected; the `on_open` hook runs until it reports or `deadline`.
     LoggingIn { deadline: Instant },
     /// Usable; the outbox flows.
@@ -96,6 +103,12 @@ enum Phase {
     Backoff { until: Instant },
     /// Ended for good; waiting for `close` to collect what is left.
     Ended,
+}
+
+/// `close` was called: until when it may flush, where to report.
+struct Closing {
+    deadline: Instant,
+    done: Sender<Vec<Utf8Bytes>>,
 }
 
 /// One live connection and what we know about it.
@@ -251,7 +264,9 @@ struct Io {
     phase: Phase,
     backoff: Backoff,
     conn_ids: u64,
-    closing: Option<(Instant, Sender<Vec<Utf8Bytes>>)>,
+    closing: Option<Closing>,
+    /// The running connection attempt's answer.
+    attempt: Option<Receiver<Result<Ws, Error>>>,
     events: Events,
     shown_state: Option<LinkState>,
     /// Where this thread's stack began, for [`crate::stack::release_below`].
@@ -337,11 +352,11 @@ impl Io {
                         c.live.on_resumed(now);
                     }
                 }
-                Phase::Connecting | Phase::Ended => {}
+                Phase::Connecting | Phase::Dialing { .. } | Phase::Ended => {}
             },
             Command::Close { deadline, done } => {
                 if self.closing.is_none() {
-                    self.closing = Some((deadline, done));
+                    self.closing = Some(Closing { deadline, done });
                 }
             }
         }
@@ -473,6 +488,8 @@ impl Io {
             // Never open a connection just to close it.
             Phase::Connecting if self.closing.is_some() => {}
             Phase::Connecting => self.connect(),
+            // The attempt has answered, or has run out of time.
+            Phase::Dialing { until } => self.dialed(now, until),
             Phase::LoggingIn { .. } | Phase::Open => {
                 if let Err(reason) = self.service(now) {
                     self.lost(reason);
@@ -481,59 +498,113 @@ impl Io {
         }
     }
 
+    /// Start an attempt on its own thread: a connect blocks (TCP, proxy,
+    /// TLS, upgrade, up to the connect timeout; DNS without one), and
+    /// `close` must not wait for it.
     fn connect(&mut self) {
-        self.stack_dirty = true;
-        let shared = self.shared.clone();
-        let cfg = &shared.cfg;
         self.set_state(LinkState::Connecting {
             attempt: self.backoff.failures(),
         });
-        let deadline = crate::time::from_now(cfg.connect_timeout);
-        let result = transport::connect(cfg, deadline).and_then(|ws| {
-            self.conn_ids += 1;
-            let now = Instant::now();
-            let live = Liveness::new(now, cfg.heartbeat_interval, cfg.heartbeat_timeout);
-            Conn::register(self.conn_ids, ws, self.shared.poller.clone(), live).map_err(|e| {
-                Error::Connect {
-                    context: "registering the socket".into(),
-                    source: Box::new(e),
-                }
-            })
+        let deadline = crate::time::from_now(self.shared.cfg.connect_timeout);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("longlink-connect".into())
+            .spawn(move || {
+                let result = transport::connect(&shared.cfg, deadline);
+                // Abandoned (close, or too late): the socket closes here.
+                let _ = tx.send(result);
+                shared.wake();
+            });
+        match spawned {
+            Ok(_) => {
+                self.attempt = Some(rx);
+                // DNS has no timeout of its own: past this, give up on it.
+                let until = crate::time::after(deadline, ATTEMPT_GRACE);
+                self.phase = Phase::Dialing { until };
+            }
+            Err(e) => self.attempt_failed(Error::Connect {
+                context: "spawning the connect thread".into(),
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    /// Take the attempt's answer if it has come.
+    fn dialed(&mut self, now: Instant, until: Instant) {
+        let answer = match self.attempt.as_ref().map(Receiver::try_recv) {
+            Some(Ok(answer)) => answer,
+            Some(Err(TryRecvError::Empty)) if now < until => return,
+            Some(Err(TryRecvError::Empty)) => Err(Error::Connect {
+                context: "connecting".into(),
+                source: "the attempt did not finish within the connect timeout".into(),
+            }),
+            Some(Err(TryRecvError::Disconnected)) | None => Err(Error::Connect {
+                context: "connecting".into(),
+                source: "the connect thread ended without an answer".into(),
+            }),
+        };
+        self.attempt = None;
+        match answer.and_then(|ws| self.register(ws)) {
+            Ok(conn) => self.connected(conn),
+            Err(e) => self.attempt_failed(e),
+        }
+    }
+
+    fn register(&mut self, ws: Ws) -> Result<Conn, Error> {
+        let cfg = &self.shared.cfg;
+        self.conn_ids += 1;
+        let live = Liveness::new(
+            Instant::now(),
+            cfg.heartbeat_interval,
+            cfg.heartbeat_timeout,
+        );
+        Conn::register(self.conn_ids, ws, self.shared.poller.clone(), live).map_err(|e| {
+            Error::Connect {
+                context: "registering the socket".into(),
+                source: Box::new(e),
+            }
+        })
+    }
+
+    fn connected(&mut self, conn: Conn) {
+        // The first reads and writes (TLS) may run deep.
+        self.stack_dirty = true;
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let id = conn.id;
+        self.conn = Some(conn);
+        shared.live_conn.store(id, Ordering::Release);
+        Counters::add(&shared.counters.connects, 1);
+        let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
+            format!(" through proxy {}:{}", p.host, p.port)
         });
-        match result {
-            Ok(conn) => {
-                let id = conn.id;
-                self.conn = Some(conn);
-                self.shared.live_conn.store(id, Ordering::Release);
-                Counters::add(&self.shared.counters.connects, 1);
-                let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
-                    format!(" through proxy {}:{}", p.host, p.port)
-                });
-                log::info!("longlink: connected to {}{via}", redact_url(&cfg.url));
-                if cfg.on_open.is_some() {
-                    self.phase = Phase::LoggingIn {
-                        deadline: crate::time::from_now(cfg.login_timeout),
-                    };
-                    self.set_state(LinkState::LoggingIn);
-                    let _ = self.dispatch.send(Event::Hook { conn: id });
-                } else {
-                    self.open(Instant::now());
-                }
-            }
-            Err(e) => {
-                Counters::add(&self.shared.counters.connect_failures, 1);
-                let reason = e.describe();
-                log::warn!(
-                    "longlink: connecting to {} failed: {reason}",
-                    redact_url(&cfg.url)
-                );
-                if e.is_permanent(cfg.retry_rejections) {
-                    self.end(CloseReason::Fatal(reason), Some(e));
-                } else {
-                    self.shared.set_last_error(e);
-                    self.retry(Instant::now(), reason);
-                }
-            }
+        log::info!("longlink: connected to {}{via}", redact_url(&cfg.url));
+        if cfg.on_open.is_some() {
+            self.phase = Phase::LoggingIn {
+                deadline: crate::time::from_now(cfg.login_timeout),
+            };
+            self.set_state(LinkState::LoggingIn);
+            let _ = self.dispatch.send(Event::Hook { conn: id });
+        } else {
+            self.open(Instant::now());
+        }
+    }
+
+    fn attempt_failed(&mut self, e: Error) {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        Counters::add(&shared.counters.connect_failures, 1);
+        let reason = e.describe();
+        log::warn!(
+            "longlink: connecting to {} failed: {reason}",
+            redact_url(&cfg.url)
+        );
+        if e.is_permanent(cfg.retry_rejections) {
+            self.end(CloseReason::Fatal(reason), Some(e));
+        } else {
+            self.shared.set_last_error(e);
+            self.retry(Instant::now(), reason);
         }
     }
 
@@ -1052,7 +1123,7 @@ impl Io {
 
     fn next_deadline(&self) -> Option<Instant> {
         let phase = match self.phase {
-            Phase::Backoff { until } => Some(until),
+            Phase::Backoff { until } | Phase::Dialing { until } => Some(until),
             Phase::LoggingIn { deadline } => Some(deadline),
             _ => None,
         };
@@ -1061,7 +1132,7 @@ impl Io {
             .as_ref()
             .filter(|c| !c.paused)
             .map(|c| c.live.next_deadline());
-        let close = self.closing.as_ref().map(|(d, _)| *d);
+        let close = self.closing.as_ref().map(|c| c.deadline);
         let sync = self.shared.try_journal(|j| j.sync_due()).flatten();
         [phase, live, close, self.ttl_next, sync]
             .into_iter()
@@ -1091,7 +1162,8 @@ impl Io {
         fence(Ordering::SeqCst);
         let resumable = self.conn.as_ref().is_some_and(|c| c.paused)
             && self.shared.dispatch_depth.load(Ordering::Acquire) <= cap / 2;
-        if !self.rx.is_empty() || resumable {
+        let answered = self.attempt.as_ref().is_some_and(|a| !a.is_empty());
+        if !self.rx.is_empty() || resumable || answered {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return;
         }
@@ -1144,7 +1216,7 @@ impl Io {
     }
 
     fn close_ready(&self, now: Instant) -> bool {
-        let Some((deadline, _)) = &self.closing else {
+        let Some(Closing { deadline, .. }) = &self.closing else {
             return false;
         };
         if now >= *deadline {
@@ -1167,11 +1239,66 @@ impl Io {
         }
     }
 
+    /// Say goodbye on `conn`: a ping, then a Close frame; wait (until
+    /// `deadline`) for the pong and the peer's Close. Only the pong proves
+    /// the peer read what we wrote: a Close from the peer may have crossed
+    /// ours, sent before it read our last frames, and servers drop data
+    /// that arrives after they began closing. Acknowledgements read
+    /// meanwhile still count.
+    fn goodbye(&mut self, conn: &mut Conn, deadline: Instant) {
+        let s = tcp(&conn.ws);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_nonblocking(false).is_err() {
+            return;
+        }
+        let _ = s.set_write_timeout(Some(left));
+        let pinged = conn.send_ping(Instant::now()).is_ok();
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = conn.ws.close(Some(frame));
+        let _ = conn.ws.flush();
+        let (mut confirmed, mut peer_closed) = (!pinged, false);
+        while !(confirmed && peer_closed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tcp(&conn.ws).set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match conn.ws.read() {
+                Ok(Frame::Pong(payload)) => {
+                    if let Some((seq, _, written, plain)) = conn.ping
+                        && payload.as_ref() == seq.to_be_bytes()
+                    {
+                        conn.confirm(written, plain);
+                        conn.ping = None;
+                        confirmed = true;
+                    }
+                }
+                Ok(Frame::Close(_)) => peer_closed = true,
+                Ok(Frame::Text(text)) => {
+                    if let Ok(m) = decode(text.as_str(), &self.shared.cfg.operator_field)
+                        && self.shared.seq.is_some()
+                        && m.operator() == self.shared.cfg.ack_operator
+                        && let Some(n) =
+                            m.get(&self.shared.cfg.msg_id_field).and_then(Value::as_u64)
+                    {
+                        self.on_ack(n);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Close: say goodbye, hand back what is left, stop.
     fn finish(&mut self) {
-        let Some((deadline, done)) = self.closing.take() else {
+        let Some(Closing { deadline, done }) = self.closing.take() else {
             return;
         };
+        // An attempt still running is abandoned: its socket closes when it answers.
+        self.attempt = None;
         // Sends that passed their `refusing` check are about to push.
         while self.shared.entering.load(Ordering::SeqCst) > 0 {
             std::thread::yield_now();
@@ -1186,9 +1313,7 @@ impl Io {
             }
         }
         if let Some(mut conn) = self.conn.take() {
-            if goodbye(&mut conn, deadline) {
-                conn.confirm(conn.written, conn.plain);
-            }
+            self.goodbye(&mut conn, deadline);
             self.bury(conn, Instant::now(), false);
         }
         for item in self.login.drain(..) {
@@ -1236,6 +1361,7 @@ impl Io {
         }
         log::info!("longlink: closed");
         let _ = self.dispatch.send(Event::Stop);
+        // Counted before this answer: close reads the count after it.
         let _ = done.send(unsent);
     }
 }
@@ -1249,35 +1375,6 @@ fn write_frame(conn: &mut Conn, frame: Frame) -> Result<(), String> {
             Ok(())
         }
         Err(e) => Err(format!("write failed: {e}")),
-    }
-}
-
-/// Send a Close frame and wait (until `deadline`) for the server's answer,
-/// which proves it read everything we wrote before it.
-fn goodbye(conn: &mut Conn, deadline: Instant) -> bool {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    let _ = conn.ws.close(Some(frame));
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return false;
-    }
-    let s = tcp(&conn.ws);
-    if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(left)).is_err() {
-        return false;
-    }
-    loop {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        match conn.ws.read() {
-            Ok(Frame::Close(_)) => return true,
-            Ok(_) => {}
-            Err(tungstenite::Error::ConnectionClosed) => return true,
-            Err(_) => return false,
-        }
     }
 }
 
