@@ -941,6 +941,13 @@ impl Client {
     /// reply taken by a request is not dispatched to subscribers. Safe to
     /// call from a subscriber closure.
     ///
+    /// By name, a reply does not say which request it answers: a request
+    /// that timed out keeps a claim on the next reply of its operator (its
+    /// late reply must not reach another caller), so after the server lost
+    /// one reply, the next request of that operator may time out once; the
+    /// one after it is matched again. A correlation field removes the
+    /// ambiguity.
+    ///
     /// # Errors
     /// [`Error::Remote`] (error reply), [`Error::Timeout`],
     /// [`Error::ConnectionLost`] (written, link died, outcome unknown), plus

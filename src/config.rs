@@ -340,8 +340,9 @@ impl ClientBuilder {
 
     /// Stamp every request with a unique number in this field and match the
     /// reply by it (the server must echo it), so concurrent requests of one
-    /// operator are safe. Defaults to off: replies are matched by operator,
-    /// first in, first out.
+    /// operator are safe and a lost or late reply never costs another
+    /// request its answer. Defaults to off: replies are matched by
+    /// operator, first in, first out (see [`Client::request`]).
     pub fn correlation_field(mut self, field: impl Into<String>) -> Self {
         self.cfg.correlation_field = Some(field.into());
         self

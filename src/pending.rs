@@ -7,6 +7,17 @@
 //! A request whose caller gave up is kept as a *ghost* for as long again as
 //! its timeout: if its late reply arrives in that window it is swallowed,
 //! instead of being handed to the next caller of the same operator.
+//!
+//! What matching by name cannot know: when a ghost and a live request of
+//! one operator both wait, a reply may be the ghost's late one or the live
+//! request's own (the ghost's was lost). The ghost takes it (a late reply
+//! must never reach the wrong caller), and the live request is marked as
+//! possibly robbed: if it then times out it leaves no ghost, since the one
+//! reply the two of them were owed has come. So one lost reply costs at
+//! most one more timeout, never a chain of them; the price is that a
+//! robbed request's own reply, if it was merely late too, goes to the next
+//! caller. A correlation field removes the ambiguity: each reply names its
+//! request.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -120,7 +131,7 @@ impl<W> Pending<W> {
         if let Some(queue) = self.by_reply.get_mut(op) {
             prune_front(queue, now);
             if let Some(e) = queue.pop_front() {
-                return deliver(e, false, now);
+                return deliver_in(queue, e, false, now);
             }
         }
         if let Some(replies) = self.by_error.get(op) {
@@ -133,7 +144,7 @@ impl<W> Pending<W> {
                 if let Some(pos) = queue.iter().position(|e| e.errors.iter().any(|x| x == op))
                     && let Some(e) = queue.remove(pos)
                 {
-                    return deliver(e, true, now);
+                    return deliver_in(queue, e, true, now);
                 }
             }
         }
@@ -171,6 +182,26 @@ fn deliver<W>(e: Entry<W>, error: bool, now: Instant) -> Matched<W> {
             error,
         }
     }
+}
+
+/// [`deliver`] for a request matched by name in `queue`: when a ghost
+/// takes the reply, the oldest live request still owed one may have been
+/// robbed of it, and leaves no ghost when it times out.
+fn deliver_in<W>(
+    queue: &mut VecDeque<Entry<W>>,
+    e: Entry<W>,
+    error: bool,
+    now: Instant,
+) -> Matched<W> {
+    let m = deliver(e, error, now);
+    if matches!(m, Matched::Late)
+        && let Some(live) = queue
+            .iter_mut()
+            .find(|e| e.deadline > now && e.forget_at > e.deadline)
+    {
+        live.forget_at = live.deadline;
+    }
+    m
 }
 
 fn prune_front<W>(queue: &mut VecDeque<Entry<W>>, now: Instant) {
@@ -291,6 +322,44 @@ mod tests {
             Matched::Reply {
                 waiter: 2,
                 error: false
+            }
+        );
+    }
+
+    #[test]
+    fn one_lost_reply_costs_at_most_one_more_timeout() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pending::default();
+        // 1 is never answered: a ghost once its caller gives up.
+        p.insert(by_name("GetOK", "GetError"), 1, t, t + ms(300));
+        // The retry is answered promptly, but the ghost takes that reply.
+        let t2 = t + ms(300);
+        p.insert(by_name("GetOK", "GetError"), 2, t2, t2 + ms(300));
+        assert_eq!(p.offer("GetOK", None, false, t2 + ms(10)), Matched::Late);
+        // 2 times out robbed: no ghost of its own, so 3 gets its reply.
+        let t3 = t2 + ms(300);
+        p.insert(by_name("GetOK", "GetError"), 3, t3, t3 + ms(300));
+        assert_eq!(
+            p.offer("GetOK", None, false, t3 + ms(10)),
+            Matched::Reply {
+                waiter: 3,
+                error: false
+            }
+        );
+        // The same when the reply the ghost takes is an error reply.
+        let t4 = t3 + ms(2000);
+        p.insert(by_name("GetOK", "GetError"), 4, t4, t4 + ms(300));
+        let t5 = t4 + ms(300);
+        p.insert(by_name("GetOK", "GetError"), 5, t5, t5 + ms(300));
+        assert_eq!(p.offer("GetError", None, false, t5 + ms(10)), Matched::Late);
+        let t6 = t5 + ms(300);
+        p.insert(by_name("GetOK", "GetError"), 6, t6, t6 + ms(300));
+        assert_eq!(
+            p.offer("GetError", None, false, t6 + ms(10)),
+            Matched::Reply {
+                waiter: 6,
+                error: true
             }
         );
     }
