@@ -54,7 +54,11 @@ pub enum Failure {
     PossiblyLost,
     /// Volatile, and the link was not open (or dropped before writing it).
     NotOpen,
-    /// Dropped to make room ([`Overflow::DropOldest`](crate::Overflow::DropOldest)).
+    /// Dropped to make room ([`Overflow::DropOldest`](crate::Overflow::DropOldest)):
+    /// the oldest goes first, written ones awaiting their acknowledgement
+    /// included. Counted in [`Stats::dropped`](crate::Stats::dropped) if it
+    /// was never written, else in
+    /// [`Stats::possibly_lost`](crate::Stats::possibly_lost).
     Dropped,
     /// Larger than the write buffer can hold; never sent.
     TooLarge,

@@ -291,7 +291,7 @@ pub fn cores(data: &[u8]) {
                 if drop_oldest {
                     budget.force_reserve(weight);
                     queue.push_back(Msg(id, weight));
-                    dropped += trim_oldest(&mut queue, &budget).len() as u64;
+                    dropped += trim_oldest(&mut VecDeque::new(), &mut queue, &budget).len() as u64;
                 } else if budget.try_reserve(weight) {
                     queue.push_back(Msg(id, weight));
                 } else {

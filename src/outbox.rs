@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 pub enum Overflow {
     /// Refuse the new message and hand it back in [`Error::OutboxFull`](crate::Error::OutboxFull).
     Reject,
-    /// Accept the new message and drop the oldest queued one, counted in
-    /// [`Stats::dropped`](crate::Stats::dropped).
+    /// Accept the new message and drop the oldest one the outbox holds
+    /// (under at least once, written messages awaiting their
+    /// acknowledgement first), counted in [`Stats::dropped`](crate::Stats::dropped),
+    /// or in [`Stats::possibly_lost`](crate::Stats::possibly_lost) if it had been written.
     DropOldest,
     /// Wait up to this long for room, then refuse as [`Overflow::Reject`] does.
     Block(Duration),
@@ -157,11 +159,25 @@ pub(crate) trait Weighed {
     fn weight(&self) -> usize;
 }
 
-/// Drop the oldest items while the budget is over its bound; returns them.
-pub(crate) fn trim_oldest<T: Weighed>(queue: &mut VecDeque<T>, budget: &Budget) -> Vec<T> {
+/// Drop the oldest items while the budget is over its bound: first from
+/// `older` (written, awaiting acknowledgement: they hold room too), then
+/// from `queue`, never the newest item of `queue` (the one just accepted).
+/// Returns them, oldest first.
+pub(crate) fn trim_oldest<T: Weighed>(
+    older: &mut VecDeque<T>,
+    queue: &mut VecDeque<T>,
+    budget: &Budget,
+) -> Vec<T> {
     let mut dropped = Vec::new();
     while budget.is_over() {
-        let Some(item) = queue.pop_front() else { break };
+        let item = match older.pop_front() {
+            Some(item) => item,
+            None if queue.len() > 1 => match queue.pop_front() {
+                Some(item) => item,
+                None => break,
+            },
+            None => break,
+        };
         budget.release(item.weight());
         dropped.push(item);
     }
@@ -209,10 +225,31 @@ mod tests {
             b.force_reserve(10);
             q.push_back((i, 10));
         }
-        let dropped = trim_oldest(&mut q, &b);
+        let dropped = trim_oldest(&mut VecDeque::new(), &mut q, &b);
         assert_eq!(dropped, [(0, 10), (1, 10)]);
         assert_eq!(q.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 3, 4]);
         assert_eq!(b.depth(), (3, 30));
+    }
+
+    #[test]
+    fn drop_oldest_takes_written_unacknowledged_ones_first_and_never_the_newest() {
+        let b = Budget::new(3, 1000);
+        let (mut unacked, mut q) = (VecDeque::new(), VecDeque::new());
+        for i in 0..3u32 {
+            b.force_reserve(10);
+            unacked.push_back((i, 10));
+        }
+        b.force_reserve(10);
+        q.push_back((3, 10));
+        assert_eq!(trim_oldest(&mut unacked, &mut q, &b), [(0, 10)]);
+        assert_eq!(q.iter().map(|x| x.0).collect::<Vec<_>>(), [3]);
+        // Room counted for messages not in the queues yet (still on their
+        // way to it): the queue gives up its older items, never the newest.
+        b.force_reserve(10);
+        b.force_reserve(10);
+        let (mut none, mut one) = (VecDeque::new(), VecDeque::from([(9, 10)]));
+        assert!(trim_oldest(&mut none, &mut one, &b).is_empty());
+        assert_eq!(one.len(), 1);
     }
 
     #[test]

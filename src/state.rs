@@ -48,6 +48,9 @@ pub enum CloseReason {
 }
 
 /// Counters of one link since it was built. A snapshot: see [`Client::stats`](crate::Client::stats).
+///
+/// Counters move before receipts and replies do: whoever sees a receipt's
+/// final status (or a request's answer) sees it counted here too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -77,8 +80,10 @@ pub struct Stats {
     pub expired: u64,
     /// Messages written into a socket that then died before a pong showed
     /// the peer read them: they may or may not have arrived. At-least-once
-    /// messages are re-sent instead and never counted here; nor are
-    /// requests whose reply came, or idempotent requests written again.
+    /// messages are re-sent instead and not counted here, unless
+    /// [`Overflow::DropOldest`](crate::Overflow::DropOldest) gave one up
+    /// after it was written; nor are requests whose reply came, or
+    /// idempotent requests written again.
     pub possibly_lost: u64,
     /// At-least-once: messages written and awaiting their acknowledgement now.
     pub awaiting_ack: u64,

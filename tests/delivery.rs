@@ -399,3 +399,63 @@ fn a_message_too_large_to_write_fails_alone_and_the_link_goes_on() {
     assert_eq!(server.next_text(WAIT).unwrap()["Operator"], "FireAfter");
     assert_eq!(client.stats().connects, 1);
 }
+
+/// Whoever sees a receipt's final status also sees it counted in the stats:
+/// counters move before receipts (and replies) do.
+#[test]
+fn every_final_receipt_is_already_counted_in_the_stats() {
+    init_log();
+    let (server, _dedup) = dedup_server();
+    let proxy = Proxy::start(server.addr);
+    let acked = Client::builder(proxy.url())
+        .at_least_once(true)
+        .connect()
+        .unwrap();
+    let receipts: Vec<_> = (0..2000)
+        .map(|n| {
+            acked
+                .send_with(json!({"Operator": "Post", "n": n}), SendOptions::new())
+                .unwrap()
+        })
+        .collect();
+    for (i, r) in receipts.iter().enumerate() {
+        assert_eq!(r.wait(WAIT), Status::Acknowledged);
+        let counted = acked.stats().acknowledged;
+        assert!(
+            counted > i as u64,
+            "receipt {i} acknowledged, {counted} counted"
+        );
+    }
+    acked.close(WAIT).unwrap();
+
+    // At most once: messages written into a link that dies unconfirmed.
+    let server = Server::start();
+    let proxy = Proxy::start(server.addr);
+    let client = Client::builder(proxy.url())
+        .reconnect_min_delay(Duration::from_secs(10))
+        .connect()
+        .unwrap();
+    proxy.blackhole();
+    let receipts: Vec<_> = (0..500)
+        .map(|n| {
+            client
+                .send_with(json!({"Operator": "FirePost", "n": n}), SendOptions::new())
+                .unwrap()
+        })
+        .collect();
+    assert!(wait_until(WAIT, || receipts
+        .iter()
+        .all(|r| r.status() == Status::Written)));
+    let watcher = {
+        let last = receipts[receipts.len() - 1].clone();
+        let c = client.clone();
+        thread::spawn(move || {
+            let s = last.wait(WAIT);
+            (s, c.stats().possibly_lost)
+        })
+    };
+    proxy.cut();
+    let (status, counted) = watcher.join().unwrap();
+    assert_eq!(status, Status::Failed(Failure::PossiblyLost));
+    assert_eq!(counted, 500, "the receipt said so before the count did");
+}

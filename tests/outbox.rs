@@ -162,3 +162,60 @@ fn bad_messages_are_refused_with_a_clear_error() {
     assert!(matches!(err, Error::InvalidMessage { .. }), "{err:?}");
     client.close(Duration::from_secs(1)).unwrap();
 }
+
+#[test]
+fn drop_oldest_under_at_least_once_drops_the_oldest_unacknowledged_message() {
+    use longlink::{Failure, SendOptions, Status};
+    use std::sync::{Arc, Mutex};
+    init_log();
+    // A server that deduplicates but does not acknowledge (yet).
+    let dedup = Arc::new(Mutex::new(support::Dedup::default()));
+    let server = Server::start_with(support::ServerOpts {
+        handler: Some(support::dedup_handler(dedup.clone(), support::ok_handler())),
+        ..support::ServerOpts::default()
+    });
+    let client = Client::builder(server.url())
+        .at_least_once(true)
+        .outbox_capacity(3)
+        .outbox_overflow(Overflow::DropOldest)
+        .connect()
+        .unwrap();
+    let old: Vec<_> = (0..3)
+        .map(|n| {
+            client
+                .send_with(json!({"Operator": "Post", "n": n}), SendOptions::new())
+                .unwrap()
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || dedup
+        .lock()
+        .unwrap()
+        .accepted
+        .len()
+        == 3));
+    let new = client
+        .send_with(json!({"Operator": "Post", "n": 3}), SendOptions::new())
+        .unwrap();
+    assert_eq!(
+        old[0].wait(Duration::from_secs(5)),
+        Status::Failed(Failure::Dropped)
+    );
+    assert_ne!(new.status(), Status::Failed(Failure::Dropped));
+    // It had been written: it may have arrived (here it did), so it is
+    // counted as possibly lost, not as dropped (never written).
+    let s = client.stats();
+    assert_eq!((s.dropped, s.possibly_lost), (0, 1), "{s:?}");
+    assert_eq!(s.outbox_depth, 3);
+    // The newest is written and, once acknowledged, done.
+    assert!(wait_until(Duration::from_secs(5), || dedup
+        .lock()
+        .unwrap()
+        .accepted
+        .len()
+        == 4));
+    dedup.lock().unwrap().ack = true;
+    client.send(json!({"Operator": "Post", "n": 4})).unwrap();
+    assert_eq!(new.wait(Duration::from_secs(5)), Status::Acknowledged);
+    assert_eq!(old[1].status(), Status::Failed(Failure::Dropped));
+    assert_eq!(old[2].status(), Status::Acknowledged);
+}

@@ -83,6 +83,7 @@ pub(crate) fn run(
         stack_top,
         stack_dirty: false,
         just_answered: false,
+        settled: Vec::new(),
     };
     io.run();
 }
@@ -275,6 +276,8 @@ struct Io {
     stack_dirty: bool,
     /// This turn handed a reply to a caller: it may ask again at once.
     just_answered: bool,
+    /// Receipts to move on once their counters are updated (reused).
+    settled: Vec<Arc<ReceiptCell>>,
 }
 
 impl Io {
@@ -388,12 +391,10 @@ impl Io {
         }
         self.outbox.push_back(item);
         if self.shared.cfg.overflow == Overflow::DropOldest {
-            for old in trim_oldest(&mut self.outbox, &self.shared.budget) {
+            let budget = &self.shared.budget;
+            for old in trim_oldest(&mut self.unacked, &mut self.outbox, budget) {
                 if old.volatile {
                     self.volatile_queued -= 1;
-                }
-                if old.reply.is_some() {
-                    Counters::add(&self.shared.counters.dropped, 1);
                 }
                 fail_item(old, &self.shared, Failure::Dropped, || Error::OutboxFull {
                     message: Value::Null,
@@ -444,12 +445,14 @@ impl Io {
             .or_else(|| pop_if(&mut self.outbox, |i| i.id.is_some_and(|id| id <= n)))
         {
             self.shared.budget.release(item.weight());
-            if let Some(r) = &item.receipt {
-                r.set(Status::Acknowledged);
-            }
+            self.settled.extend(item.receipt);
             count += 1;
         }
+        // Counted before any receipt says so.
         Counters::add(&self.shared.counters.acknowledged, count);
+        for r in self.settled.drain(..) {
+            r.set(Status::Acknowledged);
+        }
     }
 
     /// Journal upkeep that waits for nobody: drops recorded while it was
@@ -673,10 +676,8 @@ impl Io {
         self.shared.live_conn.store(0, Ordering::Release);
         let c = &self.shared.counters;
         Counters::add(&c.heartbeat_misses, conn.live.misses());
-        for (_, r) in conn.awaiting.drain(..) {
-            r.set(Status::Failed(Failure::PossiblyLost));
-        }
         let mut again = Vec::new();
+        let mut lost_requests = Vec::new();
         // Frames written since the last pong are possibly lost, except
         // requests answered meanwhile and idempotent ones written again.
         let mut not_lost = conn.answered.len() as u64;
@@ -701,11 +702,18 @@ impl Io {
                     self.shared.budget.force_reserve(item.weight());
                     again.push(item);
                 }
-                None => w.answer(Err(Error::ConnectionLost)),
+                None => lost_requests.push(w),
             }
         }
         let unconfirmed = conn.plain - conn.plain_confirmed;
+        // Counted before any receipt or caller learns the outcome.
         Counters::add(&c.possibly_lost, unconfirmed.saturating_sub(not_lost));
+        for (_, r) in conn.awaiting.drain(..) {
+            r.set(Status::Failed(Failure::PossiblyLost));
+        }
+        for w in lost_requests {
+            w.answer(Err(Error::ConnectionLost));
+        }
         // Oldest deadline first: the closest to its caller giving up.
         again.sort_by_key(|i| i.reply.as_ref().map(|r| r.deadline));
         for item in again.into_iter().rev() {
@@ -1382,6 +1390,20 @@ fn write_frame(conn: &mut Conn, frame: Frame) -> Result<(), String> {
 /// sends are counted as dropped, receipts learn `why`, and the journal
 /// forgets it. The caller has already released its outbox room.
 fn fail_item(item: Item, shared: &Shared, why: Failure, err: impl FnOnce() -> Error) {
+    // Counted before the receipt or the caller can see the outcome. A
+    // message written before (awaiting its ack, or a request written
+    // again) may have arrived: possibly lost, not dropped.
+    if item.reply.is_none() || why == Failure::Dropped {
+        let c = &shared.counters;
+        Counters::add(
+            if item.written {
+                &c.possibly_lost
+            } else {
+                &c.dropped
+            },
+            1,
+        );
+    }
     if let Some(r) = &item.receipt {
         r.set(Status::Failed(why));
     }
@@ -1389,21 +1411,20 @@ fn fail_item(item: Item, shared: &Shared, why: Failure, err: impl FnOnce() -> Er
     if let Some(id) = item.id.filter(|_| why != Failure::Closed) {
         shared.journal_drop(id);
     }
-    match item.reply {
-        Some(r) => r.waiter.answer(Err(err())),
-        None => Counters::add(&shared.counters.dropped, 1),
+    if let Some(r) = item.reply {
+        r.waiter.answer(Err(err()));
     }
 }
 
 /// A message whose time to live ran out before it was written.
 fn expire_item(item: Item, shared: &Shared) {
+    Counters::add(&shared.counters.expired, 1);
     if let Some(r) = &item.receipt {
         r.set(Status::Expired);
     }
     if let Some(id) = item.id {
         shared.journal_drop(id);
     }
-    Counters::add(&shared.counters.expired, 1);
     log::debug!("longlink: a message expired before it could be written");
 }
 
