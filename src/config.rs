@@ -357,7 +357,10 @@ impl ClientBuilder {
 
     /// Inbound messages waiting for subscriber closures. When full, the I/O
     /// thread stops reading (TCP backpressure) instead of growing memory; it
-    /// does not count as silence. Defaults to 1024.
+    /// does not count as silence. While a request waits for its reply it
+    /// reads on for up to 1 MiB more, so that the reply is not stuck behind
+    /// pushes (its caller may be the closure the queue waits for).
+    /// Defaults to 1024.
     pub fn dispatch_capacity(mut self, n: usize) -> Self {
         self.cfg.dispatch_capacity = n;
         self

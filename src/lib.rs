@@ -65,7 +65,10 @@
 //! full ([`ClientBuilder::dispatch_capacity`]) the I/O thread stops reading
 //! (TCP backpressure) rather than growing memory; that pause never counts as
 //! a dead peer. Replies to [`Client::request`] go straight from the I/O
-//! thread to the waiting caller, so a closure may make requests.
+//! thread to the waiting caller, so a closure may make requests: while a
+//! request waits, reading goes on past a full dispatcher for up to 1 MiB
+//! more, so that a reply behind a burst of pushes still reaches a
+//! closure (or the `on_open` hook) that waits for it.
 //!
 //! A closure stored in the client's own subscriptions that holds a strong
 //! `Client` keeps the link alive until [`Client::close`]; hold a

@@ -167,6 +167,11 @@ impl<W> Pending<W> {
         out
     }
 
+    /// No request (live, or a ghost) waits on this connection.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_id.is_empty() && self.by_reply.values().all(VecDeque::is_empty)
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_reply.values().map(VecDeque::len).sum::<usize>() + self.by_id.len()

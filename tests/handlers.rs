@@ -228,3 +228,83 @@ fn a_subscription_made_on_a_running_link_starts_receiving_at_once() {
             |s| s.starts_with("Backoff") || s.starts_with("Connecting")
         )));
 }
+
+/// The server's reaction to `Start`: 20 pushes; `Get` is answered at once.
+fn pushing_server() -> Server {
+    let ok = support::ok_handler();
+    Server::start_with(support::ServerOpts {
+        handler: Some(Arc::new(move |v: &serde_json::Value| {
+            match v["Operator"].as_str() {
+                Some("Start") => (0..20)
+                    .map(|i| json!({"Operator": "Push", "i": i}))
+                    .collect(),
+                Some("userLogin") => {
+                    // A burst of pushes ahead of the login's reply.
+                    let mut out: Vec<_> = (0..20)
+                        .map(|i| json!({"Operator": "Push", "i": i}))
+                        .collect();
+                    out.push(json!({"Operator": "LoginOK"}));
+                    out
+                }
+                _ => ok(v),
+            }
+        })),
+        ..support::ServerOpts::default()
+    })
+}
+
+#[test]
+fn a_subscriber_request_is_answered_when_pushes_fill_the_dispatcher() {
+    init_log();
+    let server = pushing_server();
+    let client = Client::builder(server.url())
+        .dispatch_capacity(4)
+        .connect()
+        .unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let weak = client.downgrade();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    client.on("Push", move |m| {
+        let i = m.get("i").and_then(|i| i.as_u64()).unwrap();
+        s.lock().unwrap().push(i);
+        if i == 0 {
+            // The dispatcher waits here while the 19 other pushes and the
+            // reply arrive.
+            let c = weak.upgrade().unwrap();
+            let r = c.request(json!({"Operator": "Get"}), Duration::from_secs(5));
+            let _ = tx.send(r.map(|m| m.operator().to_owned()));
+        }
+    });
+    client.send(json!({"Operator": "Start"})).unwrap();
+    let r = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(r.unwrap(), "GetOK");
+    // Nothing lost or reordered meanwhile.
+    assert!(wait_until(Duration::from_secs(5), || seen
+        .lock()
+        .unwrap()
+        .len()
+        == 20));
+    assert_eq!(*seen.lock().unwrap(), (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_on_open_login_is_answered_behind_a_burst_of_pushes() {
+    init_log();
+    let server = pushing_server();
+    let client = Client::builder(server.url())
+        .dispatch_capacity(4)
+        .login_timeout(Duration::from_secs(5))
+        .on_open(|link| {
+            link.request_expect(
+                json!({"Operator": "userLogin"}),
+                longlink::Expect::reply("LoginOK"),
+                Duration::from_secs(5),
+            )
+            .map(drop)
+        })
+        .connect()
+        .unwrap();
+    assert_eq!(client.state(), longlink::LinkState::Open);
+    assert_eq!(client.stats().connects, 1);
+}

@@ -40,6 +40,9 @@ const WRITE_BATCH: usize = 4096;
 const READ_BATCH: usize = 4096;
 /// Commands taken per turn.
 const COMMAND_BATCH: usize = 16 * 1024;
+/// Bytes read past a full dispatcher while a request waits for its reply
+/// (which may sit behind the pushes that filled it).
+const REPLY_RESERVE: usize = 1 << 20;
 /// How long the thread watches for the next request after answering one.
 /// Measured (`LONGLINK_PERF_ONLY=rtt cargo bench --bench perf`, 2 cores):
 /// request p50 1.34–1.85× raw ping-pong without it, 1.1–1.3× with 50, 100
@@ -84,6 +87,7 @@ pub(crate) fn run(
         stack_dirty: false,
         just_answered: false,
         settled: Vec::new(),
+        reserve_used: 0,
     };
     io.run();
 }
@@ -278,6 +282,8 @@ struct Io {
     just_answered: bool,
     /// Receipts to move on once their counters are updated (reused).
     settled: Vec<Arc<ReceiptCell>>,
+    /// Bytes read past a full dispatcher for a waiting request's sake.
+    reserve_used: usize,
 }
 
 impl Io {
@@ -674,6 +680,7 @@ impl Io {
     /// `retry`, so do idempotent requests (behind them).
     fn bury(&mut self, mut conn: Conn, now: Instant, retry: bool) {
         self.shared.live_conn.store(0, Ordering::Release);
+        self.reserve_used = 0;
         let c = &self.shared.counters;
         Counters::add(&c.heartbeat_misses, conn.live.misses());
         let mut again = Vec::new();
@@ -762,17 +769,10 @@ impl Io {
 
     /// Read, judge liveness, write: one turn on an open connection.
     fn service(&mut self, now: Instant) -> Result<(), String> {
-        let cap = self.shared.cfg.dispatch_capacity;
+        self.maybe_resume(now);
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        if conn.paused && self.shared.dispatch_depth.load(Ordering::Acquire) <= cap / 2 {
-            conn.paused = false;
-            conn.readable = true;
-            // The silence while we did not read says nothing about the peer.
-            conn.live.on_inbound(now);
-            self.shared.read_paused.store(false, Ordering::Release);
-        }
         if conn.writable {
             conn.writable = false;
             if conn.write_blocked {
@@ -803,6 +803,8 @@ impl Io {
             self.unacked.len() as u64,
         );
         written?;
+        // A request just written may need reading resumed for its reply.
+        self.maybe_resume(now);
         if let Some(conn) = self.conn.as_mut() {
             conn.set_interest();
         }
@@ -942,17 +944,53 @@ impl Io {
 
     /// Hand to the dispatcher; stop reading when it is full (backpressure).
     /// With no subscriber yet there is no dispatcher, and nobody to tell.
+    ///
+    /// A reply to a request may sit in the socket behind the pushes that
+    /// filled the dispatcher, and its caller may be the very subscriber
+    /// (or `on_open` hook) the dispatcher waits for: while a request waits,
+    /// reading goes on past the bound for up to [`REPLY_RESERVE`] bytes.
     fn deliver(&mut self, ev: Event) {
         if !self.shared.dispatcher_on.load(Ordering::Acquire) {
             return;
         }
+        let size = match &ev {
+            Event::Message(m) => m.len(),
+            _ => 0,
+        };
         let depth = self.shared.dispatch_depth.fetch_add(1, Ordering::AcqRel) + 1;
         let _ = self.dispatch.send(ev);
         if depth >= self.shared.cfg.dispatch_capacity
             && let Some(conn) = self.conn.as_mut()
         {
-            conn.paused = true;
-            self.shared.read_paused.store(true, Ordering::Release);
+            if conn.pending.is_empty() || self.reserve_used >= REPLY_RESERVE {
+                conn.paused = true;
+                self.shared.read_paused.store(true, Ordering::Release);
+            } else {
+                self.reserve_used += size.max(1);
+            }
+        }
+    }
+
+    /// Read again once the dispatcher has caught up, or while a request
+    /// waits and the reply reserve is not used up.
+    fn maybe_resume(&mut self, now: Instant) {
+        let cap = self.shared.cfg.dispatch_capacity;
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if !conn.paused {
+            return;
+        }
+        let caught_up = self.shared.dispatch_depth.load(Ordering::Acquire) <= cap / 2;
+        if caught_up {
+            self.reserve_used = 0;
+        }
+        if caught_up || (!conn.pending.is_empty() && self.reserve_used < REPLY_RESERVE) {
+            conn.paused = false;
+            conn.readable = true;
+            // The silence while we did not read says nothing about the peer.
+            conn.live.on_inbound(now);
+            self.shared.read_paused.store(false, Ordering::Release);
         }
     }
 
