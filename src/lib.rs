@@ -81,7 +81,10 @@
 //!   [`heartbeat_interval`](ClientBuilder::heartbeat_interval) of silence a
 //!   ping goes out; with no frame within
 //!   [`heartbeat_timeout`](ClientBuilder::heartbeat_timeout) the link is
-//!   declared dead — also when the peer vanished without a FIN.
+//!   declared dead — also when the peer vanished without a FIN. A peer
+//!   that sends but answers no ping within interval + timeout is declared
+//!   dead too: nothing it read could ever be confirmed (and at most 65,536
+//!   receipts wait for a pong; past that, writing waits).
 //! - A link that was up for 5 s is retried at once when it drops; then the
 //!   delay grows ×2 from 500 ms to 30 s with jitter. A server Close frame
 //!   (code 1000 included) is a drop like any other: only

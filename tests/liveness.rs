@@ -178,3 +178,81 @@ fn server_close_frame_with_1000_leads_to_reconnect() {
     assert!(wait_until(Duration::from_secs(5), || client.state() == LinkState::Open));
     client.close(Duration::from_secs(1)).unwrap();
 }
+
+/// A peer that sends (so it looks alive) and reads, but answers no ping:
+/// after its handshake it speaks raw frames and discards what it reads.
+fn pongless_peer() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let (addr, _) = support::raw_server(|_, stream| {
+        let mut ws = tungstenite::accept(stream).unwrap();
+        let sock = ws.get_mut();
+        let mut reader = sock.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        // An unmasked text frame, every 20 ms.
+        let text = br#"{"Operator":"Tick"}"#;
+        let mut frame = vec![0x81, text.len() as u8];
+        frame.extend_from_slice(text);
+        while sock.write_all(&frame).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_peer_that_answers_no_ping_is_declared_dead_and_its_receipts_possibly_lost() {
+    use longlink::{Failure, SendOptions, Status};
+    init_log();
+    let addr = pongless_peer();
+    let client = Client::builder(format!("ws://{addr}"))
+        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_timeout(Duration::from_millis(200))
+        .reconnect_min_delay(Duration::from_secs(30))
+        .connect()
+        .unwrap();
+    let r = client
+        .send_with(json!({"Operator": "FirePost"}), SendOptions::new())
+        .unwrap();
+    // Its confirmation cannot come: it ends when the link is declared dead.
+    assert_eq!(
+        r.wait(Duration::from_secs(10)),
+        Status::Failed(Failure::PossiblyLost)
+    );
+    assert_eq!(client.stats().possibly_lost, 1);
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        client.state(),
+        LinkState::Backoff { .. }
+    )));
+}
+
+#[test]
+fn receipts_awaiting_a_pong_are_bounded_and_writing_waits_at_the_bound() {
+    use longlink::SendOptions;
+    init_log();
+    let addr = pongless_peer();
+    let client = Client::builder(format!("ws://{addr}"))
+        .outbox_capacity(100_000)
+        .outbox_max_bytes(64 << 20)
+        .connect()
+        .unwrap();
+    let receipts: Vec<_> = (0..70_000)
+        .map(|n| {
+            client
+                .send_with(json!({"Operator": "FirePost", "n": n}), SendOptions::new())
+                .unwrap()
+        })
+        .collect();
+    // 65,536 written and tracked; the rest wait in the outbox.
+    assert!(wait_until(Duration::from_secs(20), || client
+        .stats()
+        .messages_sent
+        == 65_536));
+    assert!(wait_until(Duration::from_secs(5), || client
+        .stats()
+        .outbox_depth
+        == 70_000 - 65_536));
+    assert_eq!(receipts.len(), 70_000);
+}

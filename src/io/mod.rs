@@ -40,6 +40,9 @@ const WRITE_BATCH: usize = 4096;
 const READ_BATCH: usize = 4096;
 /// Commands taken per turn.
 const COMMAND_BATCH: usize = 16 * 1024;
+/// Receipts and answered requests one connection keeps while it waits for a
+/// pong (about 1 MiB): past it, writing waits for the pong.
+const TRACK_CAP: usize = 1 << 16;
 /// Bytes read past a full dispatcher while a request waits for its reply
 /// (which may sit behind the pushes that filled it).
 const REPLY_RESERVE: usize = 1 << 20;
@@ -136,6 +139,9 @@ struct Conn {
     answered: Vec<u64>,
     /// Outstanding ping: payload number, when, `written` and `plain` then.
     ping: Option<(u64, Instant, u64, u64)>,
+    /// Since when its pong is awaited while reading (reset when reading
+    /// resumes after a pause: an unread pong is not a missing one).
+    pong_wait_from: Instant,
     /// Receipts of plain messages written, by frame number, awaiting a pong.
     awaiting: VecDeque<(u64, Arc<ReceiptCell>)>,
     ping_seq: u64,
@@ -169,6 +175,7 @@ impl Conn {
             plain_confirmed: 0,
             answered: Vec::new(),
             ping: None,
+            pong_wait_from: Instant::now(),
             awaiting: VecDeque::new(),
             ping_seq: 0,
             // Frames may already sit in tungstenite's or TLS's buffer.
@@ -200,9 +207,29 @@ impl Conn {
         self.ping_seq += 1;
         let ping = Frame::Ping(self.ping_seq.to_be_bytes().to_vec().into());
         write_frame(self, ping)?;
+        // The oldest unanswered ping counts: a newer one (a probe) must not
+        // push the verdict back.
+        if self.ping.is_none() {
+            self.pong_wait_from = now;
+        }
         self.ping = Some((self.ping_seq, now, self.written, self.plain));
         self.need_flush = true;
         Ok(())
+    }
+
+    /// Receipts and answered requests waiting for a pong are at their bound:
+    /// write nothing more until one comes (or the link is declared dead).
+    fn tracking_full(&self) -> bool {
+        self.awaiting.len() + self.answered.len() >= TRACK_CAP
+    }
+
+    /// When an outstanding ping's pong is overdue: a peer that reads and
+    /// sends but never answers pings can confirm nothing.
+    fn pong_deadline(&self, cfg: &crate::config::Config) -> Option<Instant> {
+        let wait = cfg.heartbeat_interval.saturating_add(cfg.heartbeat_timeout);
+        self.ping
+            .filter(|_| !self.paused)
+            .map(|_| crate::time::after(self.pong_wait_from, wait))
     }
 
     fn set_interest(&mut self) {
@@ -797,6 +824,14 @@ impl Io {
                 }
             }
         }
+        let overdue = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.pong_deadline(&self.shared.cfg))
+            .is_some_and(|d| now >= d);
+        if overdue {
+            return Err("the server answers no ping: nothing it read can be confirmed".into());
+        }
         let written = self.write(now);
         Counters::store(
             &self.shared.counters.awaiting_ack,
@@ -990,6 +1025,7 @@ impl Io {
             conn.readable = true;
             // The silence while we did not read says nothing about the peer.
             conn.live.on_inbound(now);
+            conn.pong_wait_from = now;
             self.shared.read_paused.store(false, Ordering::Release);
         }
     }
@@ -1032,7 +1068,7 @@ impl Io {
         // Room given back to the budget: once per batch, not per message.
         let mut freed = (0usize, 0usize);
         let mut result = Ok(());
-        while n < WRITE_BATCH as u64 && !conn.write_blocked {
+        while n < WRITE_BATCH as u64 && !conn.write_blocked && !conn.tracking_full() {
             let mut item = if let Some(item) = self.login.pop_front() {
                 item
             } else if open {
@@ -1159,6 +1195,7 @@ impl Io {
             (_, Phase::Connecting) => self.closing.is_none(),
             (Some(c), Phase::Open | Phase::LoggingIn { .. }) => {
                 let can_write = !c.write_blocked
+                    && !c.tracking_full()
                     && (!self.login.is_empty()
                         || (self.phase == Phase::Open && !self.outbox.is_empty()));
                 (c.readable && !c.paused) || can_write || (c.need_flush && !c.write_blocked)
@@ -1178,9 +1215,13 @@ impl Io {
             .as_ref()
             .filter(|c| !c.paused)
             .map(|c| c.live.next_deadline());
+        let pong = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.pong_deadline(&self.shared.cfg));
         let close = self.closing.as_ref().map(|c| c.deadline);
         let sync = self.shared.try_journal(|j| j.sync_due()).flatten();
-        [phase, live, close, self.ttl_next, sync]
+        [phase, live, pong, close, self.ttl_next, sync]
             .into_iter()
             .flatten()
             .min()
