@@ -322,7 +322,9 @@ impl ClientBuilder {
     }
 
     /// Give up after this many consecutive failed attempts and end in
-    /// [`CloseReason::GaveUp`](crate::CloseReason::GaveUp). Defaults to unlimited.
+    /// [`CloseReason::GaveUp`](crate::CloseReason::GaveUp): with 3, the
+    /// third failed attempt in a row is the last one (the first connect
+    /// counts as an attempt). Must be at least 1. Defaults to unlimited.
     pub fn reconnect_max_attempts(mut self, n: u32) -> Self {
         self.cfg.backoff.max_attempts = Some(n);
         self
@@ -578,6 +580,10 @@ impl ClientBuilder {
                 self.problems
                     .push(format!("{name} must be greater than zero"));
             }
+        }
+        if c.backoff.max_attempts == Some(0) {
+            self.problems
+                .push("reconnect_max_attempts must be at least 1".into());
         }
         if c.backoff.min > c.backoff.max {
             self.problems
