@@ -160,7 +160,7 @@ fn client(url: &str, story: Story, drops: Drops) -> Client {
             }
             let ok = link.request_expect(
                 login,
-                Expect::reply("LoginOK").or_error("BanLogin"),
+                Expect::reply("LoginOK").or_fatal("BanLogin"),
                 Duration::from_secs(2),
             )?;
             let id = ok.value()["openId"].as_str().unwrap_or_default().to_owned();

@@ -70,8 +70,9 @@ fn main() -> ExitCode {
             }
             let ok = link.request_expect(
                 m,
+                // A ban ends the link (no retry); a LoginError is retried.
                 Expect::reply("LoginOK")
-                    .or_error("BanLogin")
+                    .or_fatal("BanLogin")
                     .or_error("LoginError"),
                 Duration::from_secs(5),
             )?;

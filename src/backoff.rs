@@ -13,7 +13,8 @@ pub(crate) struct BackoffPolicy {
     /// How long a link must stay up before a drop is treated as a fresh
     /// start (immediate retry, backoff reset).
     pub(crate) healthy_after: Duration,
-    /// Consecutive failed attempts after which the link gives up.
+    /// Consecutive failed attempts after which the link gives up: the
+    /// failure that reaches it ends the link, no further attempt is made.
     pub(crate) max_attempts: Option<u32>,
 }
 
@@ -72,11 +73,12 @@ impl Backoff {
             };
         }
         self.failures = self.failures.saturating_add(1);
+        // (The builder refuses a limit of 0; here it would mean 1.)
         if let Some(limit) = self.policy.max_attempts
-            && self.failures > limit
+            && self.failures >= limit.max(1)
         {
             return Next::GiveUp {
-                attempts: self.failures - 1,
+                attempts: self.failures,
             };
         }
         Next::Retry {
@@ -214,16 +216,21 @@ mod tests {
     }
 
     #[test]
-    fn attempt_limit_gives_up() {
+    fn a_limit_of_three_gives_up_at_the_third_failed_attempt() {
         let mut b = Backoff::new(BackoffPolicy {
             max_attempts: Some(3),
             ..policy()
         });
         let t = Instant::now();
-        for n in 1..=3 {
+        for n in 1..=2 {
             assert!(matches!(b.on_down(t, 0.0), Next::Retry { attempt, .. } if attempt == n));
         }
         assert_eq!(b.on_down(t, 0.0), Next::GiveUp { attempts: 3 });
-        assert_eq!(b.failures(), 4);
+        assert_eq!(b.failures(), 3);
+        let mut once = Backoff::new(BackoffPolicy {
+            max_attempts: Some(1),
+            ..policy()
+        });
+        assert_eq!(once.on_down(t, 0.0), Next::GiveUp { attempts: 1 });
     }
 }

@@ -24,8 +24,8 @@ use crate::outbox::{Budget, Weighed};
 use crate::pending::Key;
 use crate::state::Counters;
 use crate::{
-    ClientBuilder, Error, InvalidFrame, LinkState, Message, Overflow, Receipt, RequestOptions,
-    SendOptions, Stats,
+    ClientBuilder, CloseReason, Error, InvalidFrame, LinkState, Message, Overflow, Receipt,
+    RequestOptions, SendOptions, Stats,
 };
 
 /// The whole handle → I/O thread vocabulary.
@@ -34,10 +34,12 @@ pub(crate) enum Command {
     Send(Item),
     /// A message from the `on_open` hook of connection `conn`: bypasses the outbox.
     Login { conn: u64, item: Item },
-    /// The `on_open` hook of connection `conn` finished.
+    /// The `on_open` hook of connection `conn` finished; `fatal`: it failed
+    /// on an [`Expect::or_fatal`] reply, so the link ends.
     HookDone {
         conn: u64,
         result: Result<(), Error>,
+        fatal: bool,
     },
     /// Skip the backoff wait (or probe an open link now).
     ReconnectNow,
@@ -191,6 +193,14 @@ pub(crate) struct Shared {
 thread_local! {
     /// Set while an `on_open` hook runs: the connection it logs in.
     static IN_HOOK: Cell<Option<u64>> = const { Cell::new(None) };
+    /// The operator of an [`Expect::or_fatal`] reply a request of the
+    /// running `on_open` hook got.
+    static FATAL_REPLY: Cell<Option<String>> = const { Cell::new(None) };
+}
+
+/// Take the operator of the fatal reply the hook that just ran got, if any.
+pub(crate) fn take_fatal_reply() -> Option<String> {
+    FATAL_REPLY.with(Cell::take)
 }
 
 /// Where a message goes.
@@ -514,6 +524,29 @@ fn request_outcome(
     }
 }
 
+impl Shared {
+    /// A request with explicit reply operators. Inside the `on_open` hook,
+    /// an [`Expect::or_fatal`] reply is noted for the hook's verdict.
+    fn request_expecting(
+        &self,
+        route: Route,
+        msg: impl Serialize,
+        expect: Expect,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Result<Message, Error> {
+        let fatal = expect.fatal.clone();
+        let r = self.request(route, msg, Some(expect), timeout, idempotent);
+        if let Err(Error::Remote(m)) = &r
+            && fatal.iter().any(|op| op == m.operator())
+            && IN_HOOK.with(Cell::get).is_some()
+        {
+            FATAL_REPLY.with(|f| f.set(Some(m.operator().to_owned())));
+        }
+        r
+    }
+}
+
 /// `{"msgId":7,` + the rest of the encoded object (which starts with `{`).
 fn stamp_text(text: &str, key: &str, id: u64) -> String {
     let rest = text.strip_prefix('{').unwrap_or(text);
@@ -643,7 +676,11 @@ impl Owner {
             .iter()
             .filter_map(|t| serde_json::from_str(t).ok())
             .collect();
+        // The link had ended for good before this call: nothing was closed.
+        let ended =
+            matches!(shared.state(), LinkState::Closed(ref r) if *r != CloseReason::Requested);
         match (possibly_lost, messages.is_empty()) {
+            (0, true) if ended => Err(Error::Closed { message: None }),
             (0, true) => Ok(()),
             (0, false) => Err(Error::Unsent { messages }),
             (count, _) => Err(Error::PossiblyLost {
@@ -694,13 +731,15 @@ impl fmt::Debug for Client {
 ///
 /// ```
 /// # use longlink::Expect;
-/// let login = Expect::reply("LoginOK").or_error("LoginError").or_error("BanLogin");
+/// let login = Expect::reply("LoginOK").or_error("LoginError").or_fatal("BanLogin");
 /// # let _ = login;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
     reply: String,
     errors: Vec<String>,
+    /// Those of `errors` that end the link when the `on_open` hook fails on them.
+    fatal: Vec<String>,
 }
 
 impl Expect {
@@ -709,12 +748,49 @@ impl Expect {
         Expect {
             reply: operator.into(),
             errors: Vec::new(),
+            fatal: Vec::new(),
         }
     }
 
     /// An operator that answers the request with a failure ([`Error::Remote`]).
     pub fn or_error(mut self, operator: impl Into<String>) -> Self {
         self.errors.push(operator.into());
+        self
+    }
+
+    /// An operator that answers the request with a failure that no retry
+    /// can mend, like `BanLogin`. The request fails with [`Error::Remote`]
+    /// as with [`or_error`](Self::or_error). In addition, when the request
+    /// is made inside the [`on_open`](ClientBuilder::on_open) hook and the
+    /// hook then fails with that error (a plain `?` does it), the link ends
+    /// for good in [`CloseReason::Fatal`](crate::CloseReason::Fatal)
+    /// instead of retrying, and [`connect`](ClientBuilder::connect) returns
+    /// at once with [`Error::Connect`] ("the on_open step failed"), whose
+    /// [`Error::remote`] is the reply. A hook that handles the error and
+    /// returns `Ok` (or another error) decides for itself. Outside the hook
+    /// it is the same as `or_error`: a normal [`Client::request`] gets
+    /// [`Error::Remote`] and the link goes on.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use longlink::{Client, Expect};
+    /// # use serde_json::json;
+    /// let client = Client::builder("wss://example.com/ws")
+    ///     .on_open(|link| {
+    ///         link.request_expect(
+    ///             json!({"Operator": "userLogin", "userCode": "abc"}),
+    ///             Expect::reply("LoginOK").or_error("LoginError").or_fatal("BanLogin"),
+    ///             Duration::from_secs(5),
+    ///         )?; // BanLogin: the link ends; LoginError: retried with backoff
+    ///         Ok(())
+    ///     })
+    ///     .connect()?;
+    /// # Ok::<(), longlink::Error>(())
+    /// ```
+    pub fn or_fatal(mut self, operator: impl Into<String>) -> Self {
+        let operator = operator.into();
+        self.errors.push(operator.clone());
+        self.fatal.push(operator);
         self
     }
 }
@@ -986,8 +1062,14 @@ impl Client {
             expect,
             idempotent,
         } = options;
-        self.shared
-            .request(Route::Outbox, msg, expect, timeout, idempotent)
+        match expect {
+            Some(e) => self
+                .shared
+                .request_expecting(Route::Outbox, msg, e, timeout, idempotent),
+            None => self
+                .shared
+                .request(Route::Outbox, msg, None, timeout, idempotent),
+        }
     }
 
     /// [`request`](Self::request) with the configured
@@ -1011,7 +1093,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Message, Error> {
         self.shared
-            .request(Route::Outbox, msg, Some(expect), timeout, false)
+            .request_expecting(Route::Outbox, msg, expect, timeout, false)
     }
 
     /// Calls `f` on the dispatcher thread for every inbound message with this
@@ -1110,11 +1192,16 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Unsent`] with the messages that did not leave (or were not
-    /// acknowledged), in order; [`Error::PossiblyLost`] when, besides,
-    /// messages were written that nothing confirmed (they may or may not
-    /// have arrived); [`Error::Closed`] if already closed;
-    /// [`Error::Timeout`] if the I/O thread did not finish in time (it
-    /// then finishes alone).
+    /// acknowledged), in order — also when the link had already ended for
+    /// good; [`Error::PossiblyLost`] when, besides, messages were written
+    /// that nothing confirmed (they may or may not have arrived);
+    /// [`Error::Closed`] if it was already closed, by an earlier `close` or
+    /// because the link had ended for good
+    /// ([`CloseReason::Fatal`](crate::CloseReason::Fatal) or
+    /// [`CloseReason::GaveUp`](crate::CloseReason::GaveUp)) with nothing
+    /// left to hand back (the threads are stopped and joined all the same);
+    /// [`Error::Timeout`] if the I/O thread did not finish in time (it then
+    /// finishes alone).
     pub fn close(&self, timeout: Duration) -> Result<(), Error> {
         self.owner.close(timeout)
     }
@@ -1181,6 +1268,7 @@ impl Link {
 
     pub(crate) fn enter_hook(&self) -> HookGuard {
         IN_HOOK.with(|c| c.set(Some(self.conn)));
+        FATAL_REPLY.with(|f| f.set(None));
         HookGuard
     }
 
@@ -1214,7 +1302,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Message, Error> {
         self.shared
-            .request(Route::Login(self.conn), msg, Some(expect), timeout, false)
+            .request_expecting(Route::Login(self.conn), msg, expect, timeout, false)
     }
 
     /// Counters of the client, e.g. to tell a first login from a re-login.

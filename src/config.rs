@@ -95,8 +95,12 @@ impl fmt::Debug for Config {
 
 /// The URL with its user info and query replaced, for logs and `Debug`:
 /// tokens often travel there.
+/// A URL without `://` is shown as given, minus the same parts.
 pub(crate) fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -104,13 +108,67 @@ pub(crate) fn redact_url(url: &str) -> String {
         Some((path, _)) => format!("{path}?<redacted>"),
         None => tail.to_owned(),
     };
-    format!("{scheme}://{host}{tail}")
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}{tail}"),
+        None => format!("{host}{tail}"),
+    }
+}
+
+/// A checked server URL: the scheme in lower case (`WS://` and `Wss://`
+/// are accepted), a host, a port in 1..=65535 if one is given. The rest is
+/// kept as given. Errors name the URL redacted, as given.
+pub(crate) fn check_url(url: &str) -> Result<String, String> {
+    let shown = redact_url(url);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("url {shown} must start with ws:// or wss://"));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "ws" && scheme != "wss" {
+        return Err(format!("url {shown} must start with ws:// or wss://"));
+    }
+    let normalised = format!("{scheme}://{rest}");
+    let uri = normalised
+        .parse::<tungstenite::http::Uri>()
+        .map_err(|e| format!("url {shown} is not a valid URL: {e}"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(format!("url {shown} has no host"));
+    };
+    let hostport = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, hp)| hp);
+    // `[v6]:port`, `host:port`, or no port. (http's own parser reads a
+    // port over 65535 as "no port", which would dial port 80.)
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, after)) => (h, after.strip_prefix(':')),
+            None => (hostport, None),
+        },
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("url {shown} has no host"));
+    }
+    if let Some(p) = port
+        && !p
+            .parse::<u32>()
+            .is_ok_and(|n| (1..=u32::from(u16::MAX)).contains(&n))
+    {
+        return Err(format!("url {shown}: the port must be 1 to 65535"));
+    }
+    Ok(normalised)
 }
 
 /// Builds a [`Client`]. Start with [`Client::builder`].
 ///
 /// Setters never fail; [`connect`](Self::connect) and [`start`](Self::start)
-/// validate everything once and return [`Error::InvalidConfig`].
+/// validate everything once, before any connection, and return
+/// [`Error::InvalidConfig`]. The URL must be `ws://` or `wss://` (in any
+/// case: `WSS://` works), name a host, and have a port in 1..=65535 if it
+/// gives one; errors show it as given, without its query or user info.
 pub struct ClientBuilder {
     cfg: Config,
     problems: Vec<String>,
@@ -264,7 +322,9 @@ impl ClientBuilder {
     }
 
     /// Give up after this many consecutive failed attempts and end in
-    /// [`CloseReason::GaveUp`](crate::CloseReason::GaveUp). Defaults to unlimited.
+    /// [`CloseReason::GaveUp`](crate::CloseReason::GaveUp): with 3, the
+    /// third failed attempt in a row is the last one (the first connect
+    /// counts as an attempt). Must be at least 1. Defaults to unlimited.
     pub fn reconnect_max_attempts(mut self, n: u32) -> Self {
         self.cfg.backoff.max_attempts = Some(n);
         self
@@ -492,17 +552,14 @@ impl ClientBuilder {
 
     fn validate(mut self) -> Result<Config, Error> {
         let mut from_env = None;
+        let mut url = None;
         let c = &self.cfg;
-        match c.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
-            Some(s) if s == "ws" || s == "wss" => {}
-            _ => self.problems.push(format!(
-                "url {} must start with ws:// or wss://",
-                redact_url(&c.url)
-            )),
-        }
-        match c.url.parse::<tungstenite::http::Uri>() {
-            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => {
-                if c.proxy.is_none() && c.proxy_from_env {
+        match check_url(&c.url) {
+            Ok(checked) => {
+                if c.proxy.is_none()
+                    && c.proxy_from_env
+                    && let Ok(u) = checked.parse::<tungstenite::http::Uri>()
+                {
                     let tls = u.scheme_str() == Some("wss");
                     let host = u.host().unwrap_or_default();
                     match Proxy::from_env(tls, host, |k| std::env::var(k).ok()) {
@@ -512,13 +569,9 @@ impl ClientBuilder {
                             .push(format!("proxy from the environment: {e}")),
                     }
                 }
+                url = Some(checked);
             }
-            Ok(_) => self
-                .problems
-                .push(format!("url {} has no host", redact_url(&c.url))),
-            Err(_) => self
-                .problems
-                .push(format!("url {} is not a valid URL", redact_url(&c.url))),
+            Err(problem) => self.problems.push(problem),
         }
         for (name, d) in [
             ("connect_timeout", c.connect_timeout),
@@ -531,6 +584,10 @@ impl ClientBuilder {
                 self.problems
                     .push(format!("{name} must be greater than zero"));
             }
+        }
+        if c.backoff.max_attempts == Some(0) {
+            self.problems
+                .push("reconnect_max_attempts must be at least 1".into());
         }
         if c.backoff.min > c.backoff.max {
             self.problems
@@ -571,6 +628,10 @@ impl ClientBuilder {
         }
         if from_env.is_some() {
             self.cfg.proxy = from_env;
+        }
+        // Every connect uses the checked, normalised URL.
+        if let Some(url) = url {
+            self.cfg.url = url;
         }
         if self.problems.is_empty() {
             Ok(self.cfg)
@@ -614,6 +675,61 @@ mod tests {
             "wss://h.example:8443/ws?<redacted>"
         );
         assert_eq!(redact_url("ws://127.0.0.1:80/a"), "ws://127.0.0.1:80/a");
+    }
+
+    #[test]
+    fn urls_without_a_scheme_are_shown_as_given() {
+        assert_eq!(redact_url("127.0.0.1:9003"), "127.0.0.1:9003");
+        assert_eq!(redact_url("ws:/x"), "ws:/x");
+        assert_eq!(redact_url("u:p@h/ws?t=s3cret"), "h/ws?<redacted>");
+    }
+
+    #[test]
+    fn urls_are_checked_once_with_any_scheme_case_and_a_real_port() {
+        assert_eq!(
+            check_url("WS://127.0.0.1:9/a").unwrap(),
+            "ws://127.0.0.1:9/a"
+        );
+        assert_eq!(check_url("Wss://h.example").unwrap(), "wss://h.example");
+        assert_eq!(check_url("ws://[::1]:65535/").unwrap(), "ws://[::1]:65535/");
+        assert_eq!(check_url("ws://h:1/?t=x").unwrap(), "ws://h:1/?t=x");
+        let refused = |url: &str, shown: &str, why: &str| {
+            let e = check_url(url).unwrap_err();
+            assert!(e.starts_with(&format!("url {shown}")), "{url}: {e}");
+            assert!(e.contains(why), "{url}: {e}");
+        };
+        refused("ws://127.0.0.1:99999", "ws://127.0.0.1:99999", "1 to 65535");
+        refused("ws://127.0.0.1:0/", "ws://127.0.0.1:0/", "1 to 65535");
+        refused("ws://h:/", "ws://h:/", "1 to 65535");
+        refused("ws://[::1]:70000", "ws://[::1]:70000", "1 to 65535");
+        refused("127.0.0.1:9003", "127.0.0.1:9003 ", "ws://");
+        refused("ws:/x", "ws:/x ", "ws://");
+        refused("http://h", "http://h ", "ws://");
+        refused("ws://", "ws:// ", "");
+        refused("ws://:80/", "ws://:80/ ", "no host");
+        refused(
+            "ws://u:p@h:99999/?t=s3cret",
+            "ws://h:99999/?<redacted>",
+            "1 to 65535",
+        );
+        assert!(
+            !check_url("ws://u:p@h:99999/?t=s3cret")
+                .unwrap_err()
+                .contains("s3cret")
+        );
+    }
+
+    #[test]
+    fn the_builder_keeps_the_normalised_url() {
+        let cfg = ClientBuilder::new("WSS://h.example/ws").validate().unwrap();
+        assert_eq!(cfg.url, "wss://h.example/ws");
+        let e = ClientBuilder::new("ws://127.0.0.1:99999")
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidConfig(w) if w.contains("ws://127.0.0.1:99999")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -181,7 +181,15 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Event>) {
                         })
                     }
                 };
-                shared.command(Command::HookDone { conn, result });
+                // A plain `?` on an `or_fatal` reply: the hook failed on it.
+                let fatal = crate::client::take_fatal_reply().is_some_and(|op| {
+                    matches!(&result, Err(e) if e.remote().is_some_and(|m| m.operator() == op))
+                });
+                shared.command(Command::HookDone {
+                    conn,
+                    result,
+                    fatal,
+                });
             }
             Event::Stop => break,
         }

@@ -49,6 +49,16 @@ pub enum Error {
     /// arrived: the server may or may not have acted on it.
     ConnectionLost,
     /// The server answered with an error operator (`XError`, `LoginError`…).
+    ///
+    /// `Display` shows the operator and, when the reply has them, up to
+    /// three of the fields servers conventionally put an error's
+    /// explanation in — [`REMOTE_ERROR_FIELDS`](Error::REMOTE_ERROR_FIELDS):
+    /// `reason`, `message`, `msg`, `error`, `errMsg`, `code`, `errCode` —
+    /// each cut to 100 characters; never the rest of the payload. That
+    /// text is the server's, meant for a human: it is shown where the
+    /// application prints the error, and never in longlink's logs or in
+    /// `Debug` (which show the operator and size only), since a server may
+    /// echo what it was sent. The whole reply is [`Error::remote`].
     Remote(Message),
     /// A connection attempt failed.
     Connect {
@@ -123,11 +133,27 @@ impl Error {
         }
     }
 
-    /// The server's error reply, if this is [`Error::Remote`].
+    /// The fields of an error reply that [`Error::Remote`]'s `Display`
+    /// shows, in this order (at most three of them).
+    pub const REMOTE_ERROR_FIELDS: &'static [&'static str] = &[
+        "reason", "message", "msg", "error", "errMsg", "code", "errCode",
+    ];
+
+    /// The server's error reply, if this is [`Error::Remote`], or a
+    /// connection attempt whose `on_open` step failed on one.
     pub fn remote(&self) -> Option<&Message> {
         match self {
             Error::Remote(m) => Some(m),
+            Error::Connect { source, .. } => source.downcast_ref::<Error>()?.remote(),
             _ => None,
+        }
+    }
+
+    /// The `on_open` step of a connection attempt failed with `cause`.
+    pub(crate) fn on_open_failed(cause: Error) -> Error {
+        Error::Connect {
+            context: "the on_open step failed".into(),
+            source: Box::new(cause),
         }
     }
 
@@ -154,10 +180,27 @@ impl Error {
     /// This error and its causes on one line, for logs and close reasons:
     /// `TLS handshake failed: … certificate has expired`.
     pub(crate) fn describe(&self) -> String {
-        let mut text = self.to_string();
+        self.describe_with(Error::to_string)
+    }
+
+    /// [`describe`](Self::describe) for logs and close reasons: an error
+    /// reply shows its operator only (its reason may echo what the client
+    /// sent, a token or personal data).
+    pub(crate) fn describe_for_log(&self) -> String {
+        self.describe_with(|e| match e {
+            Error::Remote(m) => remote_operator(m),
+            e => e.to_string(),
+        })
+    }
+
+    fn describe_with(&self, show: impl Fn(&Error) -> String) -> String {
+        let mut text = show(self);
         let mut cause = std::error::Error::source(self);
         while let Some(c) = cause {
-            let more = c.to_string();
+            let more = match c.downcast_ref::<Error>() {
+                Some(e) => show(e),
+                None => c.to_string(),
+            };
             if !text.contains(&more) {
                 text.push_str(": ");
                 text.push_str(&more);
@@ -178,6 +221,28 @@ impl Error {
             }
             _ => false,
         }
+    }
+}
+
+fn remote_operator(m: &Message) -> String {
+    format!("server answered with error operator {:?}", m.operator())
+}
+
+/// A scalar field of an error reply, quoted (control characters escaped)
+/// and cut to 100 characters; objects and arrays are not shown.
+fn short_value(v: &Value) -> Option<String> {
+    const MAX: usize = 100;
+    match v {
+        Value::String(s) => {
+            let mut cut: String = s.chars().take(MAX).collect();
+            if cut.len() < s.len() {
+                cut.push('…');
+            }
+            Some(format!("{cut:?}"))
+        }
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -271,7 +336,18 @@ impl fmt::Display for Error {
             Error::ConnectionLost => {
                 f.write_str("connection lost before the reply arrived; outcome unknown")
             }
-            Error::Remote(m) => write!(f, "server answered with error operator {:?}", m.operator()),
+            Error::Remote(m) => {
+                f.write_str(&remote_operator(m))?;
+                let shown: Vec<String> = Error::REMOTE_ERROR_FIELDS
+                    .iter()
+                    .filter_map(|&name| Some(format!("{name}: {}", short_value(m.get(name)?)?)))
+                    .take(3)
+                    .collect();
+                if !shown.is_empty() {
+                    write!(f, " ({})", shown.join(", "))?;
+                }
+                Ok(())
+            }
             Error::Connect { context, .. } => write!(f, "connection attempt failed: {context}"),
             Error::Rejected { status } => {
                 write!(f, "server refused the WebSocket upgrade: HTTP {status}")
@@ -309,6 +385,7 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn refused_messages_are_handed_back() {
@@ -325,6 +402,53 @@ mod tests {
             Some(m)
         );
         assert_eq!(Error::ConnectionLost.into_message(), None);
+    }
+
+    #[test]
+    fn a_remote_error_shows_the_operator_and_the_conventional_reason_fields() {
+        let m = |v: Value| crate::message::decode(&v.to_string(), "Operator").unwrap();
+        let e = Error::Remote(m(json!({"Operator": "XError", "reason": "no such post"})));
+        assert_eq!(
+            e.to_string(),
+            r#"server answered with error operator "XError" (reason: "no such post")"#
+        );
+        let e = Error::Remote(m(json!({
+            "Operator": "PayError", "errCode": 4012, "errMsg": "card\ndeclined",
+            "token": "s3cret", "data": {"reason": "nested"}, "code": {"x": 1},
+        })));
+        assert_eq!(
+            e.to_string(),
+            r#"server answered with error operator "PayError" (errMsg: "card\ndeclined", errCode: 4012)"#
+        );
+        let long = "é".repeat(500);
+        let e = Error::Remote(m(json!({"Operator": "XError", "message": long, "msg": "a",
+            "error": "b", "reason": "c"})));
+        let text = e.to_string();
+        assert!(text.chars().count() < 200, "{text}");
+        assert!(text.contains(r#"(reason: "c", message: "éé"#), "{text}");
+        assert!(text.ends_with(r#"é…", msg: "a")"#), "{text}");
+        assert!(
+            !text.contains(r#"error: "b""#),
+            "three fields at most: {text}"
+        );
+        let plain = Error::Remote(m(json!({"Operator": "XError", "secret": "s3cret"})));
+        assert_eq!(
+            plain.to_string(),
+            r#"server answered with error operator "XError""#
+        );
+        // Debug and the log form stay redacted.
+        let e = Error::Remote(m(json!({"Operator": "XError", "reason": "s3cret"})));
+        assert!(!format!("{e:?}").contains("s3cret"));
+        let wrapped = Error::on_open_failed(e);
+        assert!(!wrapped.describe_for_log().contains("s3cret"));
+        assert!(
+            wrapped.describe_for_log().contains(
+                r#"the on_open step failed: server answered with error operator "XError""#
+            ),
+            "{}",
+            wrapped.describe_for_log()
+        );
+        assert_eq!(wrapped.remote().map(Message::operator), Some("XError"));
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!     .on_open(|link| {
 //!         let ok = link.request_expect(
 //!             json!({"Operator": "userLogin", "userCode": "abc"}),
-//!             Expect::reply("LoginOK").or_error("BanLogin"),
+//!             // BanLogin: with `?` the link ends for good instead of retrying.
+//!             Expect::reply("LoginOK").or_fatal("BanLogin"),
 //!             Duration::from_secs(5),
 //!         )?; // a reply goes to its request, not to subscribers
 //!         println!("logged in as {}", ok.value()["openId"]);

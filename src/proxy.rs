@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 
 /// An HTTP proxy reached with `CONNECT`.
 #[derive(Clone, PartialEq, Eq)]
@@ -185,11 +184,12 @@ pub(crate) enum TunnelError {
     Garbled(String),
 }
 
-/// Ask the proxy on `stream` for a tunnel to `host:port`. The stream's
-/// read and write timeouts bound it. Reads the answer byte by byte so that
-/// nothing after the proxy's header is taken from the tunnel.
+/// Ask the proxy on `stream` for a tunnel to `host:port`. The stream bounds
+/// it (the connect path passes one that enforces the attempt's deadline on
+/// every read and write). Reads the answer byte by byte so that nothing
+/// after the proxy's header is taken from the tunnel.
 pub(crate) fn connect_tunnel(
-    stream: &mut TcpStream,
+    stream: &mut (impl Read + Write),
     proxy: &Proxy,
     host: &str,
     port: u16,

@@ -258,3 +258,55 @@ fn a_server_that_closes_during_the_handshake_is_retried_until_it_answers() {
     assert_eq!(client.stats().connects, 1);
     client.close(Duration::from_secs(1)).unwrap();
 }
+
+/// Start a client with a 300 ms `connect_timeout` and a long backoff, and
+/// return how long its first attempt took and whether it connected.
+fn first_attempt(url: String) -> (Duration, bool) {
+    let t0 = std::time::Instant::now();
+    let client = Client::builder(url)
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_min_delay(Duration::from_secs(30))
+        .reconnect_max_delay(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let s = client.stats();
+        s.connects + s.connect_failures >= 1
+    }));
+    let took = t0.elapsed();
+    let connected = client.stats().connects == 1;
+    let _ = client.close(Duration::from_millis(100));
+    (took, connected)
+}
+
+#[test]
+fn a_trickled_upgrade_answer_is_cut_at_the_connect_deadline() {
+    init_log();
+    // Each header line arrives well within a read timeout; the whole
+    // answer takes 3 s.
+    let (addr, _) = raw_server(|_, mut stream| {
+        let _ = stream.read(&mut [0; 4096]);
+        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for i in 0..60 {
+            std::thread::sleep(Duration::from_millis(50));
+            if write!(stream, "X-Pad-{i}: a\r\n").is_err() {
+                return;
+            }
+        }
+    });
+    let (took, connected) = first_attempt(format!("ws://{addr}"));
+    assert!(!connected);
+    // 300 ms, plus room for a loaded machine; the trickle lasts 3 s.
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    let err = Client::builder(format!("ws://{addr}"))
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .unwrap_err();
+    // (On a very loaded machine `connect` may give up before the attempt
+    // reports its own error: then it says it timed out itself.)
+    assert!(
+        err.is_timeout()
+            || err.to_string().contains("handshake") && format!("{err:?}").contains("timed out"),
+        "{err}: {err:?}"
+    );
+}

@@ -1,13 +1,14 @@
 //! Verifies dead-peer detection (black hole), keep-alive against an idle
-//! cutting server, and that `reconnect_now` skips a long backoff.
+//! cutting server, that `reconnect_now` skips a long backoff, and that the
+//! attempt limit counts attempts as documented.
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use longlink::{Client, LinkState};
+use longlink::{Client, CloseReason, LinkState};
 use serde_json::json;
-use support::{Proxy, Server, ServerOpts, init_log, wait_until};
+use support::{Proxy, Server, ServerOpts, dead_addr, init_log, wait_until};
 
 #[test]
 fn black_holed_peer_is_declared_dead_within_deadline_and_link_recovers() {
@@ -177,6 +178,34 @@ fn server_close_frame_with_1000_leads_to_reconnect() {
         >= 2));
     assert!(wait_until(Duration::from_secs(5), || client.state() == LinkState::Open));
     client.close(Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn max_attempts_of_three_gives_up_after_three_failed_attempts() {
+    init_log();
+    let client = Client::builder(format!("ws://{}", dead_addr()))
+        .reconnect_min_delay(Duration::from_millis(5))
+        .reconnect_max_delay(Duration::from_millis(10))
+        .reconnect_max_attempts(3)
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || matches!(
+        client.state(),
+        LinkState::Closed(_)
+    )));
+    match client.state() {
+        LinkState::Closed(CloseReason::GaveUp { attempts, .. }) => assert_eq!(attempts, 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.stats().connect_failures, 3);
+    assert_eq!(client.stats().connects, 0);
+    let _ = client.close(Duration::from_millis(100));
+    // 0 attempts means nothing: refused with a clear error.
+    let err = Client::builder(format!("ws://{}", dead_addr()))
+        .reconnect_max_attempts(0)
+        .start()
+        .unwrap_err();
+    assert!(err.to_string().contains("reconnect_max_attempts"), "{err}");
 }
 
 /// A peer that sends (so it looks alive) and reads, but answers no ping:

@@ -4,11 +4,11 @@ mod support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use longlink::{Client, CloseReason, Error, Expect, LinkState, SendOptions, Status};
 use serde_json::{Value, json};
-use support::{Proxy, Seen, Server, ServerOpts, init_log, wait_until};
+use support::{Proxy, Seen, Server, ServerOpts, init_log, raw_server, wait_until};
 
 fn login_server() -> Server {
     Server::start_with(ServerOpts {
@@ -140,7 +140,8 @@ fn failing_login_backs_off_and_state_says_so() {
         LinkState::Closed(CloseReason::GaveUp { attempts, .. }) => assert_eq!(attempts, 3),
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(client.stats().connects, 4);
+    // Three failed attempts (each connects, then fails to log in), no fourth.
+    assert_eq!(client.stats().connects, 3);
     assert!(
         client
             .send(json!({"Operator": "X"}))
@@ -211,6 +212,175 @@ fn close_during_a_relogin_lets_the_login_finish_and_flushes_the_outbox() {
     expected.extend(["Bye"; 5]);
     expected.extend(vec!["Late"; late]);
     assert_eq!(ops, expected);
+}
+
+/// The quick start's login: a plain `?`, `BanLogin` fatal.
+fn login_or_fatal(link: &longlink::Link) -> Result<(), Error> {
+    link.request_expect(
+        json!({"Operator": "userLogin", "userCode": "banned"}),
+        Expect::reply("LoginOK").or_fatal("BanLogin"),
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn an_or_fatal_reply_in_the_hook_ends_the_link_at_once_and_connect_says_so() {
+    init_log();
+    let server = login_server();
+    let t0 = Instant::now();
+    let err = Client::builder(server.url())
+        .on_open(login_or_fatal)
+        .connect()
+        .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains("the on_open step failed"), "{err}");
+    assert_eq!(err.remote().map(|m| m.operator()), Some("BanLogin"));
+    // In the background: no retry, the state says why.
+    let client = Client::builder(server.url())
+        .reconnect_min_delay(Duration::from_millis(5))
+        .on_open(login_or_fatal)
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || matches!(
+        client.state(),
+        LinkState::Closed(_)
+    )));
+    match client.state() {
+        LinkState::Closed(CloseReason::Fatal(why)) => {
+            assert!(
+                why.contains("on_open step failed") && why.contains("BanLogin"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.stats().connects, 1);
+    let _ = client.close(Duration::from_secs(1));
+}
+
+#[test]
+fn or_fatal_outside_the_hook_is_an_error_reply_and_the_link_goes_on() {
+    init_log();
+    let server = Server::start_with(ServerOpts {
+        handler: Some(Arc::new(|v: &Value| match v["Operator"].as_str() {
+            Some("Get") => vec![json!({"Operator": "GetBan", "reason": "not yours"})],
+            Some(op) => vec![json!({"Operator": format!("{op}OK")})],
+            None => vec![],
+        })),
+        ..Default::default()
+    });
+    let client = Client::builder(server.url()).connect().unwrap();
+    let err = client
+        .request_expect(
+            json!({"Operator": "Get"}),
+            Expect::reply("GetOK").or_fatal("GetBan"),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert_eq!(err.remote().map(|m| m.operator()), Some("GetBan"));
+    assert_eq!(client.state(), LinkState::Open);
+    let ok = client
+        .request(json!({"Operator": "Other"}), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(ok.operator(), "OtherOK");
+    client.close(Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn a_login_that_times_out_says_the_on_open_step_failed() {
+    init_log();
+    let server = login_server();
+    let err = Client::builder(server.url())
+        .connect_timeout(Duration::from_millis(500))
+        .reconnect_min_delay(Duration::from_secs(30))
+        .on_open(|link| {
+            // The login server answers nothing but userLogin.
+            link.request(json!({"Operator": "Hello"}), Duration::from_millis(50))?;
+            Ok(())
+        })
+        .connect()
+        .unwrap_err();
+    assert!(err.to_string().contains("the on_open step failed"), "{err}");
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.starts_with("no reply within")),
+        "{err}: {cause:?}"
+    );
+}
+
+#[test]
+fn a_fatal_login_answer_followed_by_a_close_still_ends_the_link_at_once() {
+    init_log();
+    // The server refuses the login and hangs up at once: the reply and the
+    // Close frame arrive together, before the hook has returned.
+    let (addr, count) = raw_server(|_, stream| {
+        let mut ws = tungstenite::accept(stream).unwrap();
+        if ws.read().is_ok() {
+            let ban = json!({"Operator": "BanLogin", "reason": "banned"});
+            let _ = ws.write(tungstenite::Message::text(ban.to_string()));
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            while ws.read().is_ok() {}
+        }
+    });
+    for (n, hook) in [
+        login_or_fatal as fn(&longlink::Link) -> Result<(), Error>,
+        |link| match login_or_fatal(link) {
+            Err(e) if e.remote().is_some() => Err(Error::fatal("banned")),
+            r => r,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t0 = Instant::now();
+        let err = Client::builder(format!("ws://{addr}"))
+            .reconnect_min_delay(Duration::from_millis(5))
+            .reconnect_max_delay(Duration::from_millis(10))
+            .on_open(hook)
+            .connect()
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(1), "hook {n}: {took:?} {err:?}");
+        assert!(
+            err.remote().is_some() || matches!(&err, Error::Fatal(w) if w == "banned"),
+            "hook {n}: {err:?}"
+        );
+    }
+    // A banned user is not retried (a retry may have begun before the
+    // verdict arrived; its login is refused the same way).
+    let n = count.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&n), "{n} connections");
+}
+
+#[test]
+fn close_after_a_fatal_end_says_closed_or_hands_back_what_was_queued() {
+    init_log();
+    let server = login_server();
+    let ended = |queued: bool| {
+        let client = Client::builder(server.url())
+            .on_open(login_or_fatal)
+            .start()
+            .unwrap();
+        if queued {
+            client.send(json!({"Operator": "Post"})).unwrap();
+        }
+        assert!(wait_until(Duration::from_secs(5), || matches!(
+            client.state(),
+            LinkState::Closed(CloseReason::Fatal(_))
+        )));
+        client.close(Duration::from_secs(1))
+    };
+    let err = ended(false).unwrap_err();
+    assert!(matches!(err, Error::Closed { message: None }), "{err:?}");
+    match ended(true) {
+        Err(Error::Unsent { messages }) => assert_eq!(messages, vec![json!({"Operator": "Post"})]),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -229,6 +229,41 @@ fn handlers_may_subscribe_and_unsubscribe_and_panicking_hooks_are_contained() {
     client.close(Duration::from_secs(1)).unwrap();
 }
 
+#[test]
+fn urls_are_checked_before_any_connection_and_shown_as_given() {
+    init_log();
+    let server = Server::start();
+    // The scheme is case-insensitive.
+    let upper = server.url().replacen("ws://", "WS://", 1);
+    let client = Client::builder(upper).connect().unwrap();
+    assert_eq!(ask(&client, "Hi"), "HiOK");
+    client.close(Duration::from_secs(1)).unwrap();
+    // Refused by the builder, before any thread or socket, naming the URL
+    // as given (without its query or user info).
+    for (url, shown, why) in [
+        ("ws://127.0.0.1:99999", "url ws://127.0.0.1:99999", "65535"),
+        ("ws://127.0.0.1:0", "url ws://127.0.0.1:0", "65535"),
+        ("127.0.0.1:9003", "url 127.0.0.1:9003 ", "ws://"),
+        ("ws:/x", "url ws:/x ", "ws://"),
+        ("ws://:80/", "url ws://:80/ ", "host"),
+        (
+            "ws://u:pw@h:70000/?t=s3cret",
+            "url ws://h:70000/?<redacted>",
+            "65535",
+        ),
+    ] {
+        let t0 = Instant::now();
+        let err = Client::builder(url).connect().unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{url}: {err:?}");
+        assert!(text.contains(shown) && text.contains(why), "{url}: {text}");
+        assert!(!text.contains("s3cret") && !text.contains("pw@"), "{text}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{url}: no dialling");
+        let err = Client::builder(url).start().unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{url}: {err:?}");
+    }
+}
+
 /// Run `f` on its own thread; its result, or None if it did not return
 /// within `limit` (a hang) or panicked.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {

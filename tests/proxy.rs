@@ -191,3 +191,50 @@ fn the_environment_is_honoured_only_when_asked_and_no_proxy_bypasses_it() {
     );
     assert_eq!(server.connections(), 3);
 }
+
+#[test]
+fn a_proxy_trickling_its_status_line_is_cut_at_the_connect_deadline() {
+    use std::io::{Read, Write};
+    init_log();
+    let server = Server::start();
+    // A "proxy" that reads the CONNECT and answers one byte every 50 ms:
+    // 2 s in all, each byte well within a read timeout.
+    let (addr, _) = raw_server(|_, mut stream| {
+        let _ = stream.read(&mut [0; 4096]);
+        for b in b"HTTP/1.1 200 Connection established\r\n\r\n" {
+            std::thread::sleep(Duration::from_millis(50));
+            if stream.write_all(&[*b]).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let t0 = Instant::now();
+    let client = Client::builder(server.url())
+        .proxy(&format!("http://{addr}"))
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_min_delay(Duration::from_secs(30))
+        .reconnect_max_delay(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .stats()
+        .connect_failures
+        >= 1));
+    let took = t0.elapsed();
+    let _ = client.close(Duration::from_millis(100));
+    // 300 ms, plus room for a loaded machine.
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    let err = Client::builder(server.url())
+        .proxy(&format!("http://{addr}"))
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .unwrap_err();
+    // (On a very loaded machine `connect` may give up before the attempt
+    // reports its own error: then it says it timed out itself.)
+    assert!(
+        err.is_timeout()
+            || err.to_string().contains("tunnel") && format!("{err:?}").contains("timed out"),
+        "{err}: {err:?}"
+    );
+}

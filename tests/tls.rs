@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use longlink::{Client, Error};
 use serde_json::json;
-use support::{Pki, Server, ServerOpts, capture_log, pki, pki_for, tls_acceptor};
+use support::{
+    Pki, Server, ServerOpts, capture_log, pki, pki_for, raw_server, tls_acceptor, wait_until,
+};
 
 /// A TLS server with a certificate from a fresh CA, and its `wss://` URL.
 fn tls_server() -> (Pki, Server, String) {
@@ -116,4 +118,50 @@ fn accepting_invalid_certificates_is_an_explicit_opt_in_that_warns_at_connect() 
     });
     assert!(warned, "no warning at connect");
     client.close(Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn a_tls_server_trickling_its_handshake_is_cut_at_the_connect_deadline() {
+    use std::io::{Read, Write};
+    capture_log();
+    // After the ClientHello: a 16 KiB handshake record announced, then
+    // one byte every 50 ms (each well within a read timeout) for 3 s.
+    let (addr, _) = raw_server(|_, mut stream| {
+        let _ = stream.read(&mut [0; 4096]);
+        if stream.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+            return;
+        }
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_millis(50));
+            if stream.write_all(&[0]).is_err() {
+                return;
+            }
+        }
+    });
+    let url = format!("wss://localhost:{}", addr.port());
+    let t0 = std::time::Instant::now();
+    let client = Client::builder(url.as_str())
+        .connect_timeout(Duration::from_millis(300))
+        .reconnect_min_delay(Duration::from_secs(30))
+        .reconnect_max_delay(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .stats()
+        .connect_failures
+        >= 1));
+    let took = t0.elapsed();
+    let _ = client.close(Duration::from_millis(100));
+    // 300 ms, plus room for a loaded machine; the trickle lasts 3 s.
+    assert!(took < Duration::from_millis(800), "{took:?}");
+    let err = Client::builder(url.as_str())
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .unwrap_err();
+    // (On a very loaded machine `connect` may give up before the attempt
+    // reports its own error: then it says it timed out itself.)
+    assert!(
+        err.is_timeout() || format!("{err:?}").contains("timed out"),
+        "{err}: {err:?}"
+    );
 }

@@ -360,9 +360,20 @@ impl Io {
                     });
                 }
             }
-            Command::HookDone { conn, result } => {
+            Command::HookDone {
+                conn,
+                result,
+                fatal,
+            } => {
                 let current = self.conn.as_ref().is_some_and(|c| c.id == conn);
-                if !current || !matches!(self.phase, Phase::LoggingIn { .. }) {
+                let logging_in = current && matches!(self.phase, Phase::LoggingIn { .. });
+                // A fatal verdict stands even if its connection died
+                // meanwhile (servers often close right after a ban) and a
+                // retry has begun; not once a later login has succeeded.
+                let fatal_verdict = fatal || matches!(result, Err(Error::Fatal(_)));
+                let not_open = !matches!(self.phase, Phase::Open | Phase::Ended);
+                let ends_stale = fatal_verdict && not_open;
+                if !logging_in && !ends_stale {
                     return;
                 }
                 match result {
@@ -375,9 +386,15 @@ impl Io {
                         );
                     }
                     Err(e) => {
-                        let reason = format!("on_open hook failed: {e}");
-                        self.shared.set_last_error(e);
-                        self.lost(reason);
+                        let reason = format!("the on_open step failed: {}", e.describe_for_log());
+                        let e = Error::on_open_failed(e);
+                        if fatal {
+                            log::warn!("longlink: {reason} (or_fatal): the link ends");
+                            self.end(CloseReason::Fatal(reason), Some(e));
+                        } else {
+                            self.shared.set_last_error(e);
+                            self.lost(reason);
+                        }
                     }
                 }
             }
@@ -769,6 +786,8 @@ impl Io {
     /// End for good: no more attempts. Queued sends stay for `close` to hand back.
     fn end(&mut self, reason: CloseReason, err: Option<Error>) {
         let now = Instant::now();
+        // An attempt in flight is abandoned: its socket closes when it answers.
+        self.attempt = None;
         if let Some(conn) = self.conn.take() {
             self.bury(conn, now, false);
         }

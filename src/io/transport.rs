@@ -1,9 +1,9 @@
 //! URL → usable WebSocket: TCP connect with a timeout, TLS, the upgrade
 //! handshake, all blocking and bounded by one deadline; then non-blocking.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::WebSocket;
 use tungstenite::client::IntoClientRequest;
@@ -16,7 +16,90 @@ use crate::Error;
 use crate::config::{Config, redact_url};
 use crate::proxy::{Proxy, TunnelError, connect_tunnel};
 
-pub(crate) type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocket<MaybeTlsStream<Stream>>;
+
+/// The socket under tungstenite (and TLS). While a deadline is set (during
+/// the proxy tunnel, TLS and the upgrade) every read and write is bounded by
+/// the time left before it, so a peer that trickles its answer a byte at a
+/// time cannot stretch an attempt past `connect_timeout`: a socket timeout
+/// alone bounds each read, not the attempt. Once connected the deadline is
+/// cleared and reads and writes go straight to the socket.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Stream {
+    fn new(tcp: TcpStream, deadline: Instant) -> Self {
+        Stream {
+            tcp,
+            deadline: Some(deadline),
+        }
+    }
+
+    /// Before a read or write under a deadline: bound the socket by the
+    /// time left, or fail once it has passed.
+    fn arm(&self, write: bool) -> io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(deadline_passed());
+        }
+        // A zero timeout means "none" to the OS: never pass it (`left` is not zero).
+        let left = Some(left.max(Duration::from_micros(1)));
+        if write {
+            self.tcp.set_write_timeout(left)
+        } else {
+            self.tcp.set_read_timeout(left)
+        }
+    }
+
+    /// While a deadline is set the socket is blocking, so a would-block
+    /// error means its timeout ran out: report that as such. (TLS code
+    /// takes `WouldBlock` for a non-blocking socket, and one TLS library
+    /// even panics on it during the handshake.)
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        match r {
+            Err(e) if self.deadline.is_some() && e.kind() == io::ErrorKind::WouldBlock => {
+                Err(deadline_passed())
+            }
+            r => r,
+        }
+    }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out (connect_timeout)")
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.deadline.is_none() {
+            return self.tcp.read(buf);
+        }
+        self.arm(false)?;
+        let r = self.tcp.read(buf);
+        self.check(r)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.deadline.is_none() {
+            return self.tcp.write(buf);
+        }
+        self.arm(true)?;
+        let r = self.tcp.write(buf);
+        self.check(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
 
 /// Size at which tungstenite writes its buffer out without a flush.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -24,11 +107,23 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// The TCP socket under a WebSocket, TLS or not.
 pub(crate) fn tcp(ws: &Ws) -> &TcpStream {
     match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => &s.tcp,
+        #[cfg(feature = "native-tls")]
+        MaybeTlsStream::NativeTls(s) => &s.get_ref().tcp,
+        #[cfg(feature = "rustls")]
+        MaybeTlsStream::Rustls(s) => &s.sock.tcp,
+        _ => unreachable!("longlink builds every stream variant it can create"),
+    }
+}
+
+/// The stream under a WebSocket, to clear its deadline.
+fn stream_mut(ws: &mut Ws) -> &mut Stream {
+    match ws.get_mut() {
         MaybeTlsStream::Plain(s) => s,
         #[cfg(feature = "native-tls")]
-        MaybeTlsStream::NativeTls(s) => s.get_ref(),
+        MaybeTlsStream::NativeTls(s) => s.get_mut(),
         #[cfg(feature = "rustls")]
-        MaybeTlsStream::Rustls(s) => &s.sock,
+        MaybeTlsStream::Rustls(s) => &mut s.sock,
         _ => unreachable!("longlink builds every stream variant it can create"),
     }
 }
@@ -103,16 +198,11 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
             return Err(io_err(format!("connecting to {dialled}"), e));
         }
     };
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(std::time::Duration::from_millis(1));
-    let setup = |s: &TcpStream| -> io::Result<()> {
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(left))?;
-        s.set_write_timeout(Some(left))
-    };
-    setup(&stream).map_err(|e| io_err("configuring the socket", e))?;
-    let mut stream = stream;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| io_err("configuring the socket", e))?;
+    // From here on every read and write is bounded by what is left of `deadline`.
+    let mut stream = Stream::new(stream, deadline);
     if let Some(proxy) = &cfg.proxy {
         tunnel(&mut stream, proxy, &host, port, &dialled)?;
     }
@@ -122,20 +212,28 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
         .write_buffer_size(WRITE_BUFFER)
         // Bounded: we stop writing at the first WouldBlock, so the buffer holds
         // at most one batch threshold plus one message.
-        .max_write_buffer_size(WRITE_BUFFER + cfg.outbox_max_bytes.max(cfg.max_message_size) + 1024)
+        .max_write_buffer_size(
+            cfg.outbox_max_bytes
+                .max(cfg.max_message_size)
+                .saturating_add(WRITE_BUFFER + 1024),
+        )
         .max_message_size(Some(cfg.max_message_size))
         .max_frame_size(Some(cfg.max_message_size));
 
-    let (ws, _response) = match handshake(cfg, tls, request, stream, ws_config)? {
+    let timed_out = || io_err(format!("handshake with {shown}"), deadline_passed());
+    let (mut ws, _response) = match handshake(cfg, tls, request, stream, ws_config)? {
         Ok(ok) => ok,
-        Err(HandshakeError::Failure(e)) => return Err(classify(e, &shown)),
-        Err(HandshakeError::Interrupted(_)) => {
-            return Err(io_err(
-                format!("handshake with {shown}"),
-                io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
-            ));
+        // TLS libraries wrap the I/O error of a read cut at the deadline
+        // in their own: say what happened instead.
+        Err(HandshakeError::Failure(e))
+            if Instant::now() >= deadline && !matches!(e, tungstenite::Error::Http(_)) =>
+        {
+            return Err(timed_out());
         }
+        Err(HandshakeError::Failure(e)) => return Err(classify(e, &shown)),
+        Err(HandshakeError::Interrupted(_)) => return Err(timed_out()),
     };
+    stream_mut(&mut ws).deadline = None;
     let s = tcp(&ws);
     let finish = |s: &TcpStream| -> io::Result<()> {
         s.set_read_timeout(None)?;
@@ -148,7 +246,7 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
 
 /// `CONNECT host:port` through the proxy on `stream`.
 fn tunnel(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     proxy: &Proxy,
     host: &str,
     port: u16,
@@ -167,7 +265,7 @@ fn tunnel(
 
 type Handshake = Result<
     (Ws, tungstenite::handshake::client::Response),
-    HandshakeError<tungstenite::handshake::client::ClientHandshake<MaybeTlsStream<TcpStream>>>,
+    HandshakeError<tungstenite::handshake::client::ClientHandshake<MaybeTlsStream<Stream>>>,
 >;
 
 /// The upgrade: through TLS for `wss://`, or, without TLS support built
@@ -176,7 +274,7 @@ fn handshake(
     cfg: &Config,
     tls: bool,
     request: tungstenite::handshake::client::Request,
-    stream: TcpStream,
+    stream: Stream,
     ws_config: WebSocketConfig,
 ) -> Result<Handshake, Error> {
     #[cfg(any(feature = "native-tls", feature = "rustls"))]
