@@ -11,12 +11,16 @@
 //! it and everything after it are cut off with a warning. A failed append is
 //! cut back at once, so the file never holds garbage followed by good records.
 //! When the file is mostly dead records it is rewritten (temp file, fsync,
-//! rename, fsync of the directory).
+//! rename, fsync of the directory). The temp file is created new beside the
+//! journal under a name unique to its file name, the process and the
+//! attempt, locked before anything is written, and removed on failure: it
+//! never touches another file, whatever the journals are called.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// When the journal is forced to disk (`fdatasync`).
@@ -337,18 +341,24 @@ impl Journal {
                 out.extend_from_slice(&record(MSG, r.id, r.text.as_bytes()));
             }
         }
-        let tmp = self.path.with_extension("compacting");
-        let mut t = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .truncate(false)
-            .open(&tmp)?;
-        t.set_len(0)?;
-        t.try_lock().map_err(io::Error::other)?;
-        t.write_all(&out)?;
-        t.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
+        let (tmp, mut t) = create_temp(&self.path)?;
+        let written = (|| {
+            t.try_lock().map_err(|e| match e {
+                std::fs::TryLockError::WouldBlock => {
+                    io::Error::new(io::ErrorKind::WouldBlock, "the new temp file is locked")
+                }
+                std::fs::TryLockError::Error(e) => e,
+            })?;
+            t.write_all(&out)?;
+            t.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            // Ours alone (created here, under a name no other journal or
+            // process uses): nothing else can lose by its removal.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         sync_dir(&self.path);
         self.file = t;
         self.len = out.len() as u64;
@@ -369,6 +379,42 @@ impl Journal {
     #[cfg(test)]
     fn file_len(&self) -> u64 {
         self.len
+    }
+}
+
+/// Creates (never opens an existing file) a temp file beside `path`, named
+/// after the whole file name, this process and a counter:
+/// `<file name>.<pid>.<n>.compacting`. Two journals in one directory, or
+/// two processes, never share one, whatever the journals are called.
+fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the journal path has no file name",
+        )
+    })?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut tmp_name = name.to_owned();
+        tmp_name.push(format!(
+            ".{}.{}.compacting",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = path.with_file_name(tmp_name);
+        match OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            // Left by a crashed process that had our pid: take the next number.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 1000 => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -473,7 +519,6 @@ fn crc32(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn temp_path(name: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
@@ -612,6 +657,65 @@ mod tests {
         let (j, r) = Journal::open(&p, JournalSync::Never).unwrap();
         assert_eq!(ids(&r), [998, 999, 1000]);
         assert_eq!(j.next_id(), 1001);
+    }
+
+    /// Appends 1000 messages of 100 bytes, acknowledging all but the last
+    /// three as it goes, with compaction from 4 KiB on.
+    fn churn(j: &mut Journal) {
+        j.set_compact_at(4096);
+        let text = "x".repeat(100);
+        for id in 1..=1000 {
+            j.append(id, &text, Instant::now()).unwrap();
+            if id % 10 == 0 {
+                j.ack(id - 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_journal_named_like_a_temp_file_compacts_without_harming_itself() {
+        let p = temp_path("self").with_file_name("outbox.compacting");
+        {
+            let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+            churn(&mut j);
+        }
+        let (j, r) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(ids(&r), [998, 999, 1000]);
+        assert_eq!(j.next_id(), 1001);
+    }
+
+    #[test]
+    fn compaction_leaves_every_other_file_in_the_directory_alone() {
+        let p = temp_path("neighbours").with_file_name("j.1");
+        let dir = p.parent().unwrap().to_owned();
+        // Another journal, in use, whose name the old temp name matched,
+        // and a journal sharing the stem.
+        let (mut other, _) = Journal::open(&dir.join("j.compacting"), JournalSync::Never).unwrap();
+        other.append(1, "{\"kept\":1}", Instant::now()).unwrap();
+        let (_sibling, _) = Journal::open(&dir.join("j.2"), JournalSync::Never).unwrap();
+        let before: Vec<_> = ["j.compacting", "j.2"]
+            .iter()
+            .map(|n| std::fs::read(dir.join(n)).unwrap())
+            .collect();
+        {
+            let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+            churn(&mut j);
+            assert!(j.file_len() < 8192, "compaction ran");
+        }
+        let after: Vec<_> = ["j.compacting", "j.2"]
+            .iter()
+            .map(|n| std::fs::read(dir.join(n)).unwrap())
+            .collect();
+        assert_eq!(before, after, "a neighbour's file changed");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["j.1", "j.2", "j.compacting"], "no temp file left");
+        drop(other);
+        let (_, r) = Journal::open(&dir.join("j.compacting"), JournalSync::Never).unwrap();
+        assert_eq!(ids(&r), [1]);
     }
 
     #[test]

@@ -411,3 +411,67 @@ fn the_journal_is_compacted_and_does_not_grow_without_bound() {
     eprintln!("journal: largest {largest} bytes, {end} at the end, for {N} messages");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn durable_clients_sharing_a_directory_never_touch_each_others_journal() {
+    init_log();
+    let dir = temp_dir("neighbours");
+    // A journal whose name a compaction temp file once had, holding three
+    // messages for a server that is down.
+    let idle_path = dir.join("outbox.compacting");
+    let idle = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&idle_path)
+        .start()
+        .unwrap();
+    for n in 0..3 {
+        idle.send(json!({"Operator": "Num", "n": n})).unwrap();
+    }
+    // A busy neighbour sharing the stem: its journal is compacted many times.
+    let (server, dedup) = dedup_server();
+    let busy_path = dir.join("outbox.1");
+    let busy = Client::builder(server.url())
+        .durable(&busy_path)
+        .outbox_overflow(Overflow::Block(Duration::from_secs(30)))
+        .connect()
+        .unwrap();
+    const N: usize = 6_000;
+    for n in 0..N {
+        busy.send(json!({"Operator": "Num", "n": n, "pad": "x".repeat(200)}))
+            .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(30), || {
+        busy.stats().outbox_depth == 0
+    }));
+    busy.close(WAIT).unwrap();
+    assert_eq!(dedup.lock().unwrap().accepted.len(), N);
+    let _ = idle.close(Duration::from_millis(50));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["outbox.1", "outbox.compacting"],
+        "no temp file left"
+    );
+    // Both journals reopen with exactly what they held.
+    let again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&idle_path)
+        .start()
+        .unwrap();
+    let ns: Vec<u64> = again
+        .recovered()
+        .iter()
+        .map(|m| m.get("n").and_then(Value::as_u64).unwrap())
+        .collect();
+    assert_eq!(ns, [0, 1, 2]);
+    let _ = again.close(Duration::from_millis(50));
+    let busy_again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&busy_path)
+        .start()
+        .unwrap();
+    assert!(busy_again.recovered().is_empty());
+    let _ = busy_again.close(Duration::from_millis(50));
+    let _ = std::fs::remove_dir_all(&dir);
+}
