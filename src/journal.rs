@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 #[non_exhaustive]
 pub enum JournalSync {
     /// Sync before every `send` returns: nothing accepted is ever lost, at
-    /// the cost of one disk flush per message.
+    /// the cost of one disk flush per message. A message whose sync fails
+    /// is refused ([`Error::Journal`](crate::Error::Journal), handed back)
+    /// and cut from the journal again, so no later start sends it.
     EveryMessage,
     /// Sync at most this long after a write: a power loss takes at most
     /// this much of the latest messages.
@@ -75,6 +77,9 @@ pub(crate) struct Journal {
     retry_at: u64,
     /// An append failed and could not be cut back: refuse further appends.
     broken: Option<String>,
+    /// Tests: every fsync fails.
+    #[cfg(test)]
+    fail_sync: bool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -128,6 +133,8 @@ impl Journal {
             compact_at: COMPACT_AT,
             retry_at: 0,
             broken: None,
+            #[cfg(test)]
+            fail_sync: false,
         };
         if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
             // New, or a crash while creating it.
@@ -183,14 +190,29 @@ impl Journal {
         self.last_id + 1
     }
 
-    /// Appends an accepted message; synced according to the policy.
+    /// Appends an accepted message; synced according to the policy. Under
+    /// [`JournalSync::EveryMessage`] a failed sync fails the append and the
+    /// record is cut off again: the caller must refuse the message.
     pub(crate) fn append(&mut self, id: u64, text: &str, now: Instant) -> io::Result<()> {
+        let start = self.len;
         let size = self.write(MSG, id, text.as_bytes())?;
+        if self.sync == JournalSync::EveryMessage
+            && let Err(e) = self.sync_data()
+        {
+            self.take_back(start, id);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("syncing the journal: {e}"),
+            ));
+        }
         self.last_id = self.last_id.max(id);
         self.live.insert(id, size);
         self.live_bytes += size;
         match self.sync {
-            JournalSync::EveryMessage => self.sync_now(now),
+            JournalSync::EveryMessage => {
+                self.dirty = false;
+                self.last_sync = now;
+            }
             JournalSync::Interval(d) => {
                 self.dirty = true;
                 if now.saturating_duration_since(self.last_sync) >= d {
@@ -260,11 +282,44 @@ impl Journal {
     }
 
     fn sync_now(&mut self, now: Instant) {
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.sync_data() {
             log::warn!("longlink: journal: fsync failed: {e}");
         }
         self.dirty = false;
         self.last_sync = now;
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_sync {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        self.file.sync_data()
+    }
+
+    /// A record appended from `start` could not be made durable: cut it
+    /// off, so that no later start replays it. If the file cannot be cut,
+    /// a DROP record stops the replay, and the journal refuses further
+    /// appends.
+    fn take_back(&mut self, start: u64, id: u64) {
+        let cut = match self.file.set_len(start) {
+            Ok(()) => {
+                self.len = start;
+                return;
+            }
+            Err(e) => e,
+        };
+        let dropped = self.write(DROP, id, &[]);
+        let why = format!(
+            "a record that could not be synced could not be cut back ({cut}){}",
+            match &dropped {
+                Ok(_) => String::new(),
+                Err(e) =>
+                    format!(" nor marked dropped ({e}): message {id} may be sent by the next start"),
+            }
+        );
+        log::error!("longlink: journal {}: {why}", self.path.display());
+        self.broken = Some(why);
     }
 
     fn apply_ack(&mut self, upto: u64, texts: &mut BTreeMap<u64, String>) {
@@ -350,6 +405,10 @@ impl Journal {
                 std::fs::TryLockError::Error(e) => e,
             })?;
             t.write_all(&out)?;
+            #[cfg(test)]
+            if self.fail_sync {
+                return Err(io::Error::other("injected fsync failure"));
+            }
             t.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         })();
@@ -716,6 +775,51 @@ mod tests {
         drop(other);
         let (_, r) = Journal::open(&dir.join("j.compacting"), JournalSync::Never).unwrap();
         assert_eq!(ids(&r), [1]);
+    }
+
+    #[test]
+    fn a_message_whose_sync_fails_is_refused_and_never_replayed() {
+        let p = temp_path("syncfail");
+        {
+            let (mut j, _) = Journal::open(&p, JournalSync::EveryMessage).unwrap();
+            j.append(1, "{\"n\":1}", Instant::now()).unwrap();
+            let len = j.file_len();
+            j.fail_sync = true;
+            let err = j.append(2, "{\"n\":2}", Instant::now()).unwrap_err();
+            assert!(err.to_string().contains("sync"), "{err}");
+            assert_eq!(j.file_len(), len, "the record is cut off");
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
+            assert_eq!(j.next_id(), 2, "the refused id is free again");
+            // The disk recovers: the next message takes the refused one's id.
+            j.fail_sync = false;
+            j.append(2, "{\"n\":3}", Instant::now()).unwrap();
+        }
+        let (j, r) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(
+            r.messages,
+            [(1, "{\"n\":1}".into()), (2, "{\"n\":3}".into())]
+        );
+        assert!(r.cut.is_none());
+        assert_eq!(j.next_id(), 3);
+    }
+
+    #[test]
+    fn a_failed_compaction_removes_its_temp_file_and_keeps_the_journal() {
+        let p = temp_path("compactfail");
+        let dir = p.parent().unwrap().to_owned();
+        {
+            let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+            j.fail_sync = true;
+            churn(&mut j);
+            assert!(j.file_len() > 8192, "no compaction succeeded");
+        }
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["journal"]);
+        let (_, r) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(ids(&r), [998, 999, 1000]);
     }
 
     #[test]
