@@ -354,7 +354,8 @@ impl Shared {
                 let plain = std::mem::take(&mut item.text);
                 item.text = stamp_text(&plain, &self.stamp_key, id).into();
                 if let Some(j) = g.journal.as_mut()
-                    && let Err(source) = j.append(id, &item.text, Instant::now())
+                    && let Err(source) =
+                        j.append(id, &item.text, wall_deadline(&item), Instant::now())
                 {
                     drop(g);
                     self.entering.fetch_sub(1, Ordering::SeqCst);
@@ -488,6 +489,12 @@ impl Shared {
             Err(RecvTimeoutError::Disconnected) => Err(Error::Closed { message: None }),
         }
     }
+}
+
+/// The wall-clock time at which `item`'s time to live ends, for the journal.
+fn wall_deadline(item: &Item) -> Option<std::time::SystemTime> {
+    let left = item.expires?.saturating_duration_since(Instant::now());
+    std::time::SystemTime::now().checked_add(left)
 }
 
 /// `{"msgId":7,` + the rest of the encoded object (which starts with `{`).
@@ -696,23 +703,45 @@ impl Client {
     pub(crate) fn spawn(cfg: Config) -> Result<Client, Error> {
         let mut initial = Vec::new();
         let mut recovered = Vec::new();
+        let mut expired = 0;
         let seq = if cfg.at_least_once {
             let journal = match &cfg.journal {
                 Some(path) => {
-                    let (j, replay) =
+                    let (mut j, replay) =
                         Journal::open(path, cfg.journal_sync).map_err(|source| Error::Journal {
                             context: format!("opening {}", path.display()),
                             source,
                             message: None,
                         })?;
-                    for (id, text) in replay.messages {
+                    let (wall, now) = (std::time::SystemTime::now(), Instant::now());
+                    for (id, text, deadline) in replay.messages {
+                        let left = match deadline.map(|d| d.duration_since(wall)) {
+                            // Its time to live ran out while no process ran:
+                            // never sent late.
+                            Some(Err(_)) => {
+                                j.drop_id(id);
+                                expired += 1;
+                                continue;
+                            }
+                            Some(Ok(left)) => Some(left),
+                            None => None,
+                        };
                         if let Ok(m) = crate::message::decode(&text, &cfg.operator_field) {
                             recovered.push(m);
                         }
                         let mut item = Item::new(text);
                         item.id = Some(id);
-                        item.written = true;
+                        // Whether the last process wrote it is unknown. One
+                        // with a time to live keeps the time left (as if not
+                        // written: it is not sent once that runs out).
+                        item.expires = left.and_then(|l| now.checked_add(l));
+                        item.written = left.is_none();
                         initial.push(item);
+                    }
+                    if expired > 0 {
+                        log::info!(
+                            "longlink: {expired} messages in the journal expired while no client ran"
+                        );
                     }
                     if !initial.is_empty() {
                         log::info!(
@@ -755,6 +784,7 @@ impl Client {
         }
         let counters = Counters::default();
         Counters::add(&counters.recovered, initial.len() as u64);
+        Counters::add(&counters.expired, expired);
         let shared = Arc::new(Shared {
             cfg,
             tx,
@@ -890,6 +920,9 @@ impl Client {
     /// The messages recovered from the durable journal when this client
     /// started (accepted by an earlier process, not acknowledged), in the
     /// order they are being re-sent, with their ids. Empty otherwise.
+    /// Messages whose [time to live](SendOptions::ttl) ran out before this
+    /// start are not among them: they are dropped and counted in
+    /// [`Stats::expired`].
     pub fn recovered(&self) -> Vec<Message> {
         self.shared.recovered.clone()
     }
@@ -1051,8 +1084,11 @@ impl Client {
     /// at-least-once it also waits (within `timeout`) for the
     /// acknowledgements; messages not acknowledged count as unsent. With a
     /// durable outbox they are not handed back: they stay in the journal
-    /// and are sent by the next client started on it. The journal file is
-    /// released.
+    /// and are sent by the next client started on it; one with a time to
+    /// live keeps its deadline there, and the next start drops it if the
+    /// deadline has passed. A message whose time to live has run out by
+    /// the close is expired, neither handed back nor kept. The journal file
+    /// is released.
     ///
     /// # Errors
     /// [`Error::Unsent`] with the messages that did not leave (or were not

@@ -6,7 +6,15 @@
 //! nor dropped is handed back, in id order, to be sent first.
 //!
 //! Record: `len: u32 LE | crc32(body): u32 LE | body`, body = `kind: u8 |
-//! id: u64 LE | payload`. A record that is short, fails its checksum or is
+//! id: u64 LE | payload`. A message with a time to live is recorded with its
+//! deadline as wall-clock time (the payload starts with it, in microseconds
+//! since the Unix epoch): a start after the deadline drops it instead of
+//! sending it late, an earlier one keeps the time left.
+//!
+//! Version 2 of the format (its magic ends in `2`) adds that record kind.
+//! A version-1 file is rewritten as version 2 when it is opened, so an
+//! older build refuses a file it cannot read instead of cutting records it
+//! does not know as a torn tail. A record that is short, fails its checksum or is
 //! otherwise malformed marks a torn tail (a crash in the middle of a write):
 //! it and everything after it are cut off with a warning. A failed append is
 //! cut back at once, so the file never holds garbage followed by good records.
@@ -21,7 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// When the journal is forced to disk (`fdatasync`).
 ///
@@ -43,7 +51,9 @@ pub enum JournalSync {
     Never,
 }
 
-const MAGIC: &[u8; 16] = b"longlink-jrnl-1\n";
+const MAGIC: &[u8; 16] = b"longlink-jrnl-2\n";
+/// Version 1: no record kind with a deadline. Read, then rewritten as version 2.
+const MAGIC_V1: &[u8; 16] = b"longlink-jrnl-1\n";
 const HEADER: usize = 8;
 const BODY_MIN: usize = 9;
 /// Larger than any message we would write: a length beyond it is corruption.
@@ -56,6 +66,10 @@ const ACK: u8 = 2;
 const DROP: u8 = 3;
 /// Every id up to this one has been used (written by compaction).
 const BASE: u8 = 4;
+/// A message with a time to live: payload = deadline (µs since the Unix
+/// epoch, u64 LE) | text.
+const MSG_TTL: u8 = 5;
+const DEADLINE: usize = 8;
 
 /// Rewrite the file when it is at least this large and mostly dead.
 const COMPACT_AT: u64 = 1 << 20;
@@ -95,8 +109,9 @@ impl std::fmt::Debug for Journal {
 /// What a journal held when it was opened.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    /// Messages accepted and not acknowledged, in id order.
-    pub(crate) messages: Vec<(u64, String)>,
+    /// Messages accepted and not acknowledged, in id order: id, text, and
+    /// the deadline of those sent with a time to live.
+    pub(crate) messages: Vec<(u64, String, Option<SystemTime>)>,
     /// Where a torn or corrupt tail was cut off, and why.
     pub(crate) cut: Option<(u64, String)>,
 }
@@ -145,19 +160,21 @@ impl Journal {
             j.len = MAGIC.len() as u64;
             return Ok((j, Replay::default()));
         }
-        if !bytes.starts_with(MAGIC) {
+        let v1 = bytes.starts_with(MAGIC_V1);
+        if !bytes.starts_with(MAGIC) && !v1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "not a longlink journal (refusing to overwrite it)",
             ));
         }
         let (records, end, why) = parse(&bytes);
-        let mut texts: BTreeMap<u64, String> = BTreeMap::new();
+        let mut texts: BTreeMap<u64, (String, Option<SystemTime>)> = BTreeMap::new();
         for r in records {
             j.last_id = j.last_id.max(r.id);
             match r.kind {
-                MSG if r.id > j.acked => {
-                    texts.insert(r.id, r.text.to_owned());
+                MSG | MSG_TTL if r.id > j.acked => {
+                    let deadline = r.deadline.map(from_micros);
+                    texts.insert(r.id, (r.text.to_owned(), deadline));
                     j.live.insert(r.id, r.size);
                     j.live_bytes += r.size;
                 }
@@ -181,7 +198,15 @@ impl Journal {
             j.len = end as u64;
             replay.cut = Some((end as u64, why));
         }
-        replay.messages = texts.into_iter().collect();
+        if v1 {
+            j.compact().map_err(|e| {
+                io::Error::new(e.kind(), format!("rewriting a version 1 journal: {e}"))
+            })?;
+        }
+        replay.messages = texts
+            .into_iter()
+            .map(|(id, (text, deadline))| (id, text, deadline))
+            .collect();
         Ok((j, replay))
     }
 
@@ -193,9 +218,19 @@ impl Journal {
     /// Appends an accepted message; synced according to the policy. Under
     /// [`JournalSync::EveryMessage`] a failed sync fails the append and the
     /// record is cut off again: the caller must refuse the message.
-    pub(crate) fn append(&mut self, id: u64, text: &str, now: Instant) -> io::Result<()> {
+    /// `deadline`: the wall-clock end of its time to live, if it has one.
+    pub(crate) fn append(
+        &mut self,
+        id: u64,
+        text: &str,
+        deadline: Option<SystemTime>,
+        now: Instant,
+    ) -> io::Result<()> {
         let start = self.len;
-        let size = self.write(MSG, id, text.as_bytes())?;
+        let size = match deadline {
+            None => self.write(MSG, id, text.as_bytes())?,
+            Some(d) => self.write(MSG_TTL, id, &ttl_payload(d, text))?,
+        };
         if self.sync == JournalSync::EveryMessage
             && let Err(e) = self.sync_data()
         {
@@ -233,7 +268,7 @@ impl Journal {
         if let Err(e) = self.write(ACK, upto, &[]) {
             log::warn!("longlink: journal: recording an acknowledgement failed: {e}");
         }
-        let mut none = BTreeMap::new();
+        let mut none: BTreeMap<u64, ()> = BTreeMap::new();
         self.apply_ack(upto, &mut none);
         self.maybe_compact();
     }
@@ -322,7 +357,7 @@ impl Journal {
         self.broken = Some(why);
     }
 
-    fn apply_ack(&mut self, upto: u64, texts: &mut BTreeMap<u64, String>) {
+    fn apply_ack<T>(&mut self, upto: u64, texts: &mut BTreeMap<u64, T>) {
         self.acked = self.acked.max(upto);
         self.last_id = self.last_id.max(upto);
         let Some(first_kept) = upto.checked_add(1) else {
@@ -392,8 +427,8 @@ impl Journal {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&record(BASE, self.last_id, &[]));
         for r in records {
-            if r.kind == MSG && self.live.contains_key(&r.id) {
-                out.extend_from_slice(&record(MSG, r.id, r.text.as_bytes()));
+            if matches!(r.kind, MSG | MSG_TTL) && self.live.contains_key(&r.id) {
+                out.extend_from_slice(&record(r.kind, r.id, r.payload));
             }
         }
         let (tmp, mut t) = create_temp(&self.path)?;
@@ -492,8 +527,33 @@ fn record(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
 struct Record<'a> {
     kind: u8,
     id: u64,
+    /// Everything after the id, as written.
+    payload: &'a [u8],
+    /// Of a message with a time to live (µs since the Unix epoch).
+    deadline: Option<u64>,
     text: &'a str,
     size: u64,
+}
+
+fn ttl_payload(deadline: SystemTime, text: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(DEADLINE + text.len());
+    p.extend_from_slice(&to_micros(deadline).to_le_bytes());
+    p.extend_from_slice(text.as_bytes());
+    p
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+fn to_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A deadline the platform cannot represent is taken as passed: a message
+/// is never sent late.
+fn from_micros(us: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_micros(us))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// Parse after the magic; returns the good records, where they end, and
@@ -520,15 +580,29 @@ fn parse(bytes: &[u8]) -> (Vec<Record<'_>>, usize, Option<String>) {
         }
         let kind = body[0];
         let id = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
-        let Ok(text) = std::str::from_utf8(&body[9..]) else {
+        let payload = &body[9..];
+        let (deadline, text) = match kind {
+            MSG_TTL if payload.len() < DEADLINE => {
+                return (out, at, Some("message record too short".into()));
+            }
+            MSG_TTL => {
+                let (d, text) = payload.split_at(DEADLINE);
+                let d = u64::from_le_bytes(d.try_into().expect("8 bytes"));
+                (Some(d), text)
+            }
+            _ => (None, payload),
+        };
+        let Ok(text) = std::str::from_utf8(text) else {
             return (out, at, Some("message is not UTF-8".into()));
         };
-        if !matches!(kind, MSG | ACK | DROP | BASE) || id == 0 {
+        if !matches!(kind, MSG | ACK | DROP | BASE | MSG_TTL) || id == 0 {
             return (out, at, Some(format!("unknown record kind {kind}")));
         }
         out.push(Record {
             kind,
             id,
+            payload,
+            deadline,
             text,
             size: (HEADER + len) as u64,
         });
@@ -591,7 +665,7 @@ mod tests {
     }
 
     fn ids(r: &Replay) -> Vec<u64> {
-        r.messages.iter().map(|(id, _)| *id).collect()
+        r.messages.iter().map(|(id, ..)| *id).collect()
     }
 
     #[test]
@@ -607,7 +681,7 @@ mod tests {
             let (mut j, r) = Journal::open(&p, JournalSync::Never).unwrap();
             assert!(r.messages.is_empty());
             for id in 1..=6 {
-                j.append(id, &format!("{{\"n\":{id}}}"), now).unwrap();
+                j.append(id, &format!("{{\"n\":{id}}}"), None, now).unwrap();
             }
             j.ack(2);
             j.drop_id(4);
@@ -624,8 +698,8 @@ mod tests {
         let p = temp_path("counter");
         {
             let (mut j, _) = Journal::open(&p, JournalSync::EveryMessage).unwrap();
-            j.append(1, "{}", Instant::now()).unwrap();
-            j.append(2, "{}", Instant::now()).unwrap();
+            j.append(1, "{}", None, Instant::now()).unwrap();
+            j.append(2, "{}", None, Instant::now()).unwrap();
             j.ack(2);
         }
         let (j, r) = Journal::open(&p, JournalSync::Never).unwrap();
@@ -639,7 +713,7 @@ mod tests {
         {
             let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
             for id in 1..=3 {
-                j.append(id, "{\"x\":1}", Instant::now()).unwrap();
+                j.append(id, "{\"x\":1}", None, Instant::now()).unwrap();
             }
         }
         let full = std::fs::metadata(&p).unwrap().len();
@@ -656,7 +730,7 @@ mod tests {
             assert!(r.cut.is_some());
             // The id of the torn record is reused: it was never accepted.
             assert_eq!(j.next_id(), 3);
-            j.append(3, "{\"y\":2}", Instant::now()).unwrap();
+            j.append(3, "{\"y\":2}", None, Instant::now()).unwrap();
         }
         let (_, r) = Journal::open(&p, JournalSync::Never).unwrap();
         assert_eq!(ids(&r), [1, 2, 3]);
@@ -669,7 +743,7 @@ mod tests {
         let p = temp_path("garbage");
         {
             let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
-            j.append(1, "{}", Instant::now()).unwrap();
+            j.append(1, "{}", None, Instant::now()).unwrap();
         }
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         // A plausible header with a wrong checksum, then noise.
@@ -706,7 +780,7 @@ mod tests {
             let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
             j.set_compact_at(4096);
             for id in 1..=1000 {
-                j.append(id, &text, Instant::now()).unwrap();
+                j.append(id, &text, None, Instant::now()).unwrap();
                 if id % 10 == 0 {
                     j.ack(id - 3);
                 }
@@ -724,7 +798,7 @@ mod tests {
         j.set_compact_at(4096);
         let text = "x".repeat(100);
         for id in 1..=1000 {
-            j.append(id, &text, Instant::now()).unwrap();
+            j.append(id, &text, None, Instant::now()).unwrap();
             if id % 10 == 0 {
                 j.ack(id - 3);
             }
@@ -750,7 +824,9 @@ mod tests {
         // Another journal, in use, whose name the old temp name matched,
         // and a journal sharing the stem.
         let (mut other, _) = Journal::open(&dir.join("j.compacting"), JournalSync::Never).unwrap();
-        other.append(1, "{\"kept\":1}", Instant::now()).unwrap();
+        other
+            .append(1, "{\"kept\":1}", None, Instant::now())
+            .unwrap();
         let (_sibling, _) = Journal::open(&dir.join("j.2"), JournalSync::Never).unwrap();
         let before: Vec<_> = ["j.compacting", "j.2"]
             .iter()
@@ -782,22 +858,22 @@ mod tests {
         let p = temp_path("syncfail");
         {
             let (mut j, _) = Journal::open(&p, JournalSync::EveryMessage).unwrap();
-            j.append(1, "{\"n\":1}", Instant::now()).unwrap();
+            j.append(1, "{\"n\":1}", None, Instant::now()).unwrap();
             let len = j.file_len();
             j.fail_sync = true;
-            let err = j.append(2, "{\"n\":2}", Instant::now()).unwrap_err();
+            let err = j.append(2, "{\"n\":2}", None, Instant::now()).unwrap_err();
             assert!(err.to_string().contains("sync"), "{err}");
             assert_eq!(j.file_len(), len, "the record is cut off");
             assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
             assert_eq!(j.next_id(), 2, "the refused id is free again");
             // The disk recovers: the next message takes the refused one's id.
             j.fail_sync = false;
-            j.append(2, "{\"n\":3}", Instant::now()).unwrap();
+            j.append(2, "{\"n\":3}", None, Instant::now()).unwrap();
         }
         let (j, r) = Journal::open(&p, JournalSync::Never).unwrap();
         assert_eq!(
             r.messages,
-            [(1, "{\"n\":1}".into()), (2, "{\"n\":3}".into())]
+            [(1, "{\"n\":1}".into(), None), (2, "{\"n\":3}".into(), None)]
         );
         assert!(r.cut.is_none());
         assert_eq!(j.next_id(), 3);
@@ -823,13 +899,57 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_journal_is_read_and_rewritten_as_version_2() {
+        let p = temp_path("v1");
+        let mut old = MAGIC_V1.to_vec();
+        for id in 1..=3 {
+            old.extend_from_slice(&record(MSG, id, format!("{{\"n\":{id}}}").as_bytes()));
+        }
+        old.extend_from_slice(&record(ACK, 1, &[]));
+        std::fs::write(&p, &old).unwrap();
+        {
+            let (j, r) = Journal::open(&p, JournalSync::Never).unwrap();
+            assert_eq!(ids(&r), [2, 3]);
+            assert_eq!(r.messages[0], (2, "{\"n\":2}".into(), None));
+            assert_eq!(j.next_id(), 4);
+        }
+        assert!(std::fs::read(&p).unwrap().starts_with(MAGIC));
+        let (_, r) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(ids(&r), [2, 3]);
+    }
+
+    #[test]
+    fn a_deadline_is_kept_across_reopening_and_compaction() {
+        let p = temp_path("deadline");
+        let at = UNIX_EPOCH + Duration::from_micros(1_800_000_000_123_456);
+        {
+            let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+            j.append(1, "{\"a\":1}", Some(at), Instant::now()).unwrap();
+            j.append(2, "{\"b\":2}", None, Instant::now()).unwrap();
+        }
+        let (mut j, r) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(
+            r.messages,
+            [
+                (1, "{\"a\":1}".into(), Some(at)),
+                (2, "{\"b\":2}".into(), None)
+            ]
+        );
+        j.compact().unwrap();
+        drop(j);
+        let (_, again) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(again.messages, r.messages);
+    }
+
+    #[test]
     fn interval_sync_reports_when_it_is_due() {
         let p = temp_path("sync");
         let t0 = Instant::now();
         let d = Duration::from_millis(100);
         let (mut j, _) = Journal::open(&p, JournalSync::Interval(d)).unwrap();
         j.last_sync = t0;
-        j.append(1, "{}", t0 + Duration::from_millis(10)).unwrap();
+        j.append(1, "{}", None, t0 + Duration::from_millis(10))
+            .unwrap();
         assert_eq!(j.sync_due(), Some(t0 + d));
         j.sync_if_due(t0 + Duration::from_millis(50));
         assert_eq!(j.sync_due(), Some(t0 + d));

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use longlink::{Client, Error, JournalSync, Overflow};
+use longlink::{Client, Error, Failure, JournalSync, Overflow, SendOptions, Status};
 use serde_json::{Value, json};
 use support::{Dedup, dead_addr, dedup_server, init_log, wait_until};
 
@@ -473,5 +473,111 @@ fn durable_clients_sharing_a_directory_never_touch_each_others_journal() {
         .unwrap();
     assert!(busy_again.recovered().is_empty());
     let _ = busy_again.close(Duration::from_millis(50));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn recovered_ns(c: &Client) -> Vec<u64> {
+    c.recovered()
+        .iter()
+        .map(|m| m.get("n").and_then(Value::as_u64).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_ttl_message_whose_deadline_passes_between_processes_is_expired_not_sent() {
+    init_log();
+    let dir = temp_dir("ttl-expired");
+    let path = dir.join("outbox.journal");
+    let ttl = Duration::from_millis(150);
+    let down = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    let sent_at = Instant::now();
+    let short = down
+        .send_with(
+            json!({"Operator": "Num", "n": 0}),
+            SendOptions::new().ttl(ttl),
+        )
+        .unwrap();
+    down.send(json!({"Operator": "Num", "n": 1})).unwrap();
+    let long = SendOptions::new().ttl(Duration::from_secs(60));
+    down.send_with(json!({"Operator": "Num", "n": 2}), long)
+        .unwrap();
+    // Durable: all three stay in the journal, none is handed back.
+    down.close(Duration::from_millis(50)).unwrap();
+    assert_eq!(short.status(), Status::Failed(Failure::Closed));
+    // Time passes while no process runs.
+    std::thread::sleep(ttl.saturating_sub(sent_at.elapsed()));
+    let (server, dedup) = dedup_server();
+    let client = Client::builder(server.url())
+        .durable(&path)
+        .connect()
+        .unwrap();
+    assert_eq!(recovered_ns(&client), [1, 2]);
+    assert_eq!(client.stats().expired, 1);
+    assert_eq!(client.stats().recovered, 2);
+    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 2));
+    assert!(wait_until(WAIT, || client.stats().outbox_depth == 0));
+    assert_eq!(
+        ns(&dedup.lock().unwrap()),
+        [1, 2],
+        "the expired one never left"
+    );
+    client.close(WAIT).unwrap();
+    // Its drop was recorded: the next start has nothing left.
+    let again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    assert!(again.recovered().is_empty());
+    assert_eq!(again.stats().expired, 0);
+    let _ = again.close(Duration::from_millis(50));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_recovered_ttl_message_keeps_only_the_time_it_had_left() {
+    init_log();
+    let dir = temp_dir("ttl-left");
+    let path = dir.join("outbox.journal");
+    let ttl = Duration::from_millis(1500);
+    let down = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    let sent_at = Instant::now();
+    down.send_with(
+        json!({"Operator": "Num", "n": 0}),
+        SendOptions::new().ttl(ttl),
+    )
+    .unwrap();
+    down.close(Duration::from_millis(50)).unwrap();
+    // Two thirds of its time to live pass before the next start.
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(sent_at.elapsed()));
+    let restarted_at = Instant::now();
+    let client = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    assert_eq!(recovered_ns(&client), [0]);
+    assert!(wait_until(Duration::from_secs(10), || client
+        .stats()
+        .expired
+        == 1));
+    let after = restarted_at.elapsed();
+    // It expires when what was left runs out, not a whole TTL after the restart.
+    assert!(sent_at.elapsed() >= ttl, "expired early");
+    assert!(
+        after < ttl - Duration::from_millis(100),
+        "expired {after:?} after the restart, with about 500 ms of its TTL left"
+    );
+    let _ = client.close(Duration::from_millis(50));
+    let again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    assert!(again.recovered().is_empty(), "its drop was recorded");
+    let _ = again.close(Duration::from_millis(50));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,6 +57,8 @@ pub(crate) fn run(
     let stack_top = crate::stack::Top::here();
     let backoff = Backoff::new(shared.cfg.backoff);
     let highest_id = recovered.iter().filter_map(|i| i.id).max().unwrap_or(0);
+    // Recovered messages keep what was left of their time to live.
+    let ttl_next = recovered.iter().filter_map(|i| i.expires).min();
     let mut io = Io {
         shared,
         rx,
@@ -66,7 +68,7 @@ pub(crate) fn run(
         highest_id,
         acked: 0,
         journal_acked: 0,
-        ttl_next: None,
+        ttl_next,
         volatile_queued: 0,
         login: VecDeque::new(),
         conn: None,
@@ -392,6 +394,11 @@ impl Io {
         if self.ttl_next.is_none_or(|t| t > now) {
             return;
         }
+        self.expire_all(now);
+    }
+
+    /// [`expire`](Self::expire), looking at every queued message.
+    fn expire_all(&mut self, now: Instant) {
         let mut next: Option<Instant> = None;
         let mut expired = Vec::new();
         let mut keep = VecDeque::with_capacity(self.outbox.len());
@@ -1186,6 +1193,10 @@ impl Io {
                 message: None,
             });
         }
+        // Messages taken from the channel just now were not looked at: what
+        // has run out of time is expired (recorded in the journal below),
+        // not handed back or kept for the next start.
+        self.expire_all(Instant::now());
         // No sender can hold the journal now: wait for it.
         self.shared.journal_ack.store(self.acked, Ordering::Release);
         let shared = &self.shared;
