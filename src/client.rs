@@ -175,7 +175,8 @@ pub(crate) struct Shared {
     /// At-least-once: ids (and the journal). Held from stamping to the push,
     /// so the outbox order is the id order.
     pub(crate) seq: Option<Mutex<Sequencer>>,
-    /// `"msgId":` ready to splice into a message.
+    /// `"msgRun":R,"msgId":` ready to splice into a message: the run is
+    /// fixed for the client's life.
     stamp_key: String,
     recovered: Vec<Message>,
     /// Journal drops waiting for the journal lock.
@@ -408,20 +409,25 @@ impl Shared {
         let route = self.route(route);
         let stamp = self.stamps(route, opts);
         let op_field = &self.cfg.operator_field;
-        let avoid = stamp.then_some(self.cfg.msg_id_field.as_str());
+        let ours = [
+            self.cfg.msg_id_field.as_str(),
+            self.cfg.msg_run_field.as_str(),
+        ];
+        let avoid: &[&str] = if stamp { &ours } else { &[] };
         let mut item = match crate::message::encode_direct(&msg, op_field, avoid)? {
             Some(text) => Item::new(text),
-            // Escapes, or a field of our id's name to replace: the full path.
+            // Escapes, or a field of our id's or run's name to replace: the full path.
             None => {
                 let mut value = self.to_value(msg)?;
                 if stamp && let Some(obj) = value.as_object_mut() {
                     obj.remove(&self.cfg.msg_id_field);
+                    obj.remove(&self.cfg.msg_run_field);
                 }
                 Item::from_string(crate::message::encode(value, op_field)?.0)
             }
         };
         if stamp {
-            // Room for the id spliced in later.
+            // Room for the run and id spliced in later.
             item.weight += self.stamp_key.len() + 21;
         }
         item.expires = opts.ttl.map(|t| Instant::now() + t);
@@ -497,7 +503,14 @@ fn wall_deadline(item: &Item) -> Option<std::time::SystemTime> {
     std::time::SystemTime::now().checked_add(left)
 }
 
-/// `{"msgId":7,` + the rest of the encoded object (which starts with `{`).
+/// A new at-least-once run id: random, nonzero, exact in JavaScript (< 2^53).
+pub(crate) fn new_run() -> u64 {
+    fastrand::u64(1..1 << 53)
+}
+
+/// `{"msgRun":R,"msgId":7,` + the rest of the encoded object (which starts
+/// with `{`); `key` is `"msgRun":R,"msgId":`, made once per client. (Or
+/// any `{key}{n},` in front.)
 fn stamp_text(text: &str, key: &str, id: u64) -> String {
     let rest = text.strip_prefix('{').unwrap_or(text);
     let sep = if rest.starts_with('}') { "" } else { "," };
@@ -714,6 +727,10 @@ impl Client {
                             message: None,
                         })?;
                     let (wall, now) = (std::time::SystemTime::now(), Instant::now());
+                    let run_key = format!(
+                        "{}:",
+                        serde_json::to_string(&cfg.msg_run_field).unwrap_or_default()
+                    );
                     for (id, text, deadline) in replay.messages {
                         let left = match deadline.map(|d| d.duration_since(wall)) {
                             // Its time to live ran out while no process ran:
@@ -725,6 +742,14 @@ impl Client {
                             }
                             Some(Ok(left)) => Some(left),
                             None => None,
+                        };
+                        // Written by a version without runs: it joins the
+                        // journal's run (a check at start only, never per send).
+                        let text = match crate::message::decode(&text, &cfg.operator_field) {
+                            Ok(m) if m.get(&cfg.msg_run_field).is_none() => {
+                                stamp_text(&text, &run_key, j.run())
+                            }
+                            _ => text,
                         };
                         if let Ok(m) = crate::message::decode(&text, &cfg.operator_field) {
                             recovered.push(m);
@@ -753,19 +778,27 @@ impl Client {
                 }
                 None => None,
             };
-            // Ids start at the wall clock in microseconds: a restarted
-            // process continues above its predecessor even without a journal,
-            // so "id at most the highest seen" stays a valid duplicate test.
+            // The server tells duplicates by (run, id): a new run starts a
+            // new sequence. A journal keeps its run, and its ids continue
+            // after its last one. Ids start at the wall clock in
+            // microseconds only to make them easy to tell apart in logs:
+            // nothing depends on the clock (it may step back).
+            let run = journal.as_ref().map_or_else(new_run, Journal::run);
             let clock = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_micros() as u64);
             let next = journal.as_ref().map_or(clock, |j| j.next_id().max(clock));
-            Some(Mutex::new(Sequencer { next, journal }))
+            Some((run, Mutex::new(Sequencer { next, journal })))
         } else {
             None
         };
+        let (run, seq) = match seq {
+            Some((run, seq)) => (run, Some(seq)),
+            None => (0, None),
+        };
         let stamp_key = format!(
-            "{}:",
+            "{}:{run},{}:",
+            serde_json::to_string(&cfg.msg_run_field).unwrap_or_default(),
             serde_json::to_string(&cfg.msg_id_field).unwrap_or_default()
         );
         let poller = Poller::new().map_err(|e| Error::Connect {
@@ -1244,6 +1277,14 @@ mod tests {
         // channel and the outbox: doubling this cost 20-30 % of throughput.
         assert!(size_of::<Command>() <= 128, "{}", size_of::<Command>());
         assert!(size_of::<Item>() <= 112, "{}", size_of::<Item>());
+    }
+
+    #[test]
+    fn run_ids_are_nonzero_and_exact_in_javascript() {
+        for _ in 0..1000 {
+            let r = new_run();
+            assert!(r > 0 && r < 1 << 53, "{r}");
+        }
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! since the Unix epoch): a start after the deadline drops it instead of
 //! sending it late, an earlier one keeps the time left.
 //!
-//! Version 2 of the format (its magic ends in `2`) adds that record kind.
+//! The journal also keeps the at-least-once *run* its messages belong to (a
+//! RUN record, first in a new file and rewritten by compaction): a client
+//! restarted on it continues that run, its ids after the journal's last id.
+//!
+//! Version 2 of the format (its magic ends in `2`) adds these record kinds.
 //! A version-1 file is rewritten as version 2 when it is opened, so an
 //! older build refuses a file it cannot read instead of cutting records it
 //! does not know as a torn tail. A record that is short, fails its checksum or is
@@ -69,6 +73,8 @@ const BASE: u8 = 4;
 /// A message with a time to live: payload = deadline (µs since the Unix
 /// epoch, u64 LE) | text.
 const MSG_TTL: u8 = 5;
+/// The at-least-once run of this journal's messages (the id field holds it).
+const RUN: u8 = 6;
 const DEADLINE: usize = 8;
 
 /// Rewrite the file when it is at least this large and mostly dead.
@@ -83,6 +89,8 @@ pub(crate) struct Journal {
     live_bytes: u64,
     acked: u64,
     last_id: u64,
+    /// The run its messages belong to.
+    run: u64,
     sync: JournalSync,
     last_sync: Instant,
     dirty: bool,
@@ -142,6 +150,7 @@ impl Journal {
             live_bytes: 0,
             acked: 0,
             last_id: 0,
+            run: 0,
             sync,
             last_sync: Instant::now(),
             dirty: false,
@@ -153,11 +162,13 @@ impl Journal {
         };
         if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
             // New, or a crash while creating it.
+            j.run = crate::client::new_run();
             j.file.set_len(0)?;
             j.file.write_all(MAGIC)?;
+            j.file.write_all(&record(RUN, j.run, &[]))?;
             j.file.sync_all()?;
             sync_dir(path);
-            j.len = MAGIC.len() as u64;
+            j.len = j.file.metadata()?.len();
             return Ok((j, Replay::default()));
         }
         let v1 = bytes.starts_with(MAGIC_V1);
@@ -170,6 +181,10 @@ impl Journal {
         let (records, end, why) = parse(&bytes);
         let mut texts: BTreeMap<u64, (String, Option<SystemTime>)> = BTreeMap::new();
         for r in records {
+            if r.kind == RUN {
+                j.run = r.id;
+                continue;
+            }
             j.last_id = j.last_id.max(r.id);
             match r.kind {
                 MSG | MSG_TTL if r.id > j.acked => {
@@ -198,16 +213,29 @@ impl Journal {
             j.len = end as u64;
             replay.cut = Some((end as u64, why));
         }
+        let has_run = j.run != 0;
+        if !has_run {
+            j.run = crate::client::new_run();
+        }
         if v1 {
             j.compact().map_err(|e| {
                 io::Error::new(e.kind(), format!("rewriting a version 1 journal: {e}"))
             })?;
+        }
+        if !has_run && !v1 {
+            j.write(RUN, j.run, &[])?;
+            j.file.sync_data()?;
         }
         replay.messages = texts
             .into_iter()
             .map(|(id, (text, deadline))| (id, text, deadline))
             .collect();
         Ok((j, replay))
+    }
+
+    /// The at-least-once run of this journal's messages.
+    pub(crate) fn run(&self) -> u64 {
+        self.run
     }
 
     /// The next unused message id.
@@ -425,7 +453,10 @@ impl Journal {
         let (records, _, _) = parse(&old);
         let mut out = Vec::with_capacity(self.live_bytes as usize + 64);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&record(BASE, self.last_id, &[]));
+        if self.last_id > 0 {
+            out.extend_from_slice(&record(BASE, self.last_id, &[]));
+        }
+        out.extend_from_slice(&record(RUN, self.run, &[]));
         for r in records {
             if matches!(r.kind, MSG | MSG_TTL) && self.live.contains_key(&r.id) {
                 out.extend_from_slice(&record(r.kind, r.id, r.payload));
@@ -595,7 +626,7 @@ fn parse(bytes: &[u8]) -> (Vec<Record<'_>>, usize, Option<String>) {
         let Ok(text) = std::str::from_utf8(text) else {
             return (out, at, Some("message is not UTF-8".into()));
         };
-        if !matches!(kind, MSG | ACK | DROP | BASE | MSG_TTL) || id == 0 {
+        if !matches!(kind, MSG | ACK | DROP | BASE | MSG_TTL | RUN) || id == 0 {
             return (out, at, Some(format!("unknown record kind {kind}")));
         }
         out.push(Record {
@@ -939,6 +970,30 @@ mod tests {
         drop(j);
         let (_, again) = Journal::open(&p, JournalSync::Never).unwrap();
         assert_eq!(again.messages, r.messages);
+    }
+
+    #[test]
+    fn the_run_survives_reopening_and_compaction() {
+        let p = temp_path("run");
+        let run = {
+            let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+            assert!(j.run() > 0 && j.run() < 1 << 53);
+            churn(&mut j);
+            j.run()
+        };
+        let (mut j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(j.run(), run);
+        assert_eq!(j.next_id(), 1001, "the run record is not an id");
+        j.compact().unwrap();
+        drop(j);
+        let (j, _) = Journal::open(&p, JournalSync::Never).unwrap();
+        assert_eq!(j.run(), run);
+        // A version 1 journal gets a run, kept from then on.
+        let v1 = temp_path("run-v1");
+        std::fs::write(&v1, MAGIC_V1).unwrap();
+        let run = Journal::open(&v1, JournalSync::Never).unwrap().0.run();
+        assert!(run > 0);
+        assert_eq!(Journal::open(&v1, JournalSync::Never).unwrap().0.run(), run);
     }
 
     #[test]

@@ -581,3 +581,46 @@ fn a_recovered_ttl_message_keeps_only_the_time_it_had_left() {
     let _ = again.close(Duration::from_millis(50));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_restarted_durable_client_continues_its_run_and_its_ids() {
+    init_log();
+    let dir = temp_dir("run");
+    let path = dir.join("outbox.journal");
+    let (server, dedup) = dedup_server();
+    for round in 0..2 {
+        let client = Client::builder(server.url())
+            .durable(&path)
+            .connect()
+            .unwrap();
+        for n in 0..2 {
+            client
+                .send(json!({"Operator": "Num", "n": round * 2 + n}))
+                .unwrap();
+        }
+        assert!(wait_until(WAIT, || client.stats().acknowledged == 2));
+        client.close(WAIT).unwrap();
+    }
+    let d = dedup.lock().unwrap();
+    assert_eq!(ns(&d), [0, 1, 2, 3]);
+    let run = d.accepted[0]["msgRun"].clone();
+    assert!(run.as_u64().is_some_and(|r| r > 0 && r < 1 << 53), "{run}");
+    assert!(d.accepted.iter().all(|v| v["msgRun"] == run), "one run");
+    let ids: Vec<u64> = d
+        .accepted
+        .iter()
+        .map(|v| v["msgId"].as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    drop(d);
+    // Without its journal, the next client is a new run.
+    let other = Client::builder(server.url())
+        .at_least_once(true)
+        .connect()
+        .unwrap();
+    other.send(json!({"Operator": "Num", "n": 4})).unwrap();
+    assert!(wait_until(WAIT, || other.stats().acknowledged == 1));
+    assert_ne!(dedup.lock().unwrap().accepted[4]["msgRun"], run);
+    other.close(WAIT).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
