@@ -3,11 +3,13 @@
 //! with `LONGLINK_JOURNAL_CHILD` set (see `child_process_entry`).
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, unbounded};
 use longlink::{Client, Error, Failure, JournalSync, Overflow, SendOptions, Status};
 use serde_json::{Value, json};
 use support::{Dedup, dead_addr, dedup_server, init_log, wait_until};
@@ -53,8 +55,9 @@ fn child_process_entry() {
     }
 }
 
-/// Sends `n` = where the last process stopped .. `CHILD_N`, then waits
-/// until everything is acknowledged.
+/// Sends `n` = where the last process stopped .. `CHILD_N`, reporting
+/// `ACCEPTED=k` on stdout after every 10 accepted, then waits until
+/// everything is acknowledged.
 fn child_sender() {
     let total: u64 = var("CHILD_N").parse().unwrap();
     let server_next: u64 = var("CHILD_SERVER_NEXT").parse().unwrap();
@@ -76,6 +79,10 @@ fn child_sender() {
     println!("RECOVERED={} START={start}", recovered.len());
     for n in start..total {
         client.send(json!({"Operator": "Num", "n": n})).unwrap();
+        let accepted = n - start + 1;
+        if accepted.is_multiple_of(10) {
+            println!("ACCEPTED={accepted}");
+        }
     }
     assert!(wait_until(Duration::from_secs(60), || {
         client.stats().outbox_depth == 0
@@ -115,6 +122,55 @@ fn child_full_disk() {
     }));
     println!("ACCEPTED={accepted}");
     client.close(WAIT).unwrap();
+}
+
+/// A sender child whose stdout comes line by line through the returned
+/// channel (stderr goes to `err`), so the parent can act on its progress.
+fn sender_child(err: &Path, envs: &[(&str, String)]) -> (Child, Receiver<String>) {
+    let log = std::fs::File::create(err).unwrap();
+    let mut c = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "sender")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let out = c.stdout.take().unwrap();
+    let (tx, rx) = unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (c, rx)
+}
+
+/// The next line with `key`, within `timeout`; every line read goes to `seen`.
+fn next_field(
+    rx: &Receiver<String>,
+    key: &str,
+    timeout: Duration,
+    seen: &mut String,
+) -> Option<u64> {
+    let deadline = Instant::now() + timeout;
+    while let Ok(line) = rx.recv_deadline(deadline) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(v) = field(&line, key) {
+            return v.parse().ok();
+        }
+    }
+    None
 }
 
 /// This binary, running only `child_process_entry`, in `mode`. With
@@ -180,7 +236,8 @@ fn ns(d: &Dedup) -> Vec<u64> {
 #[test]
 fn killed_processes_lose_nothing_and_duplicate_nothing() {
     init_log();
-    // (fsync policy, messages, kill delays after start in ms)
+    // (fsync policy, messages). Each round runs two processes killed after
+    // a random number of accepted messages, then one that finishes.
     let rounds: [(&str, u64); 5] = [
         ("never", 3000),
         ("5", 3000),
@@ -193,19 +250,17 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
         let dir = temp_dir("kill");
         let journal = dir.join("outbox.journal");
         let (server, dedup) = dedup_server();
-        let kills = [fastrand::u64(5..150), fastrand::u64(5..150)];
         let mut report = Vec::new();
-        for (i, kill) in kills.iter().map(Some).chain([None]).enumerate() {
+        for (i, kill) in [true, true, false].into_iter().enumerate() {
             let server_next = dedup
                 .lock()
                 .unwrap()
                 .accepted
                 .last()
                 .map_or(0, |v| v["n"].as_u64().unwrap() + 1);
-            let out = dir.join(format!("child-{i}.log"));
-            let mut c = child(
-                "sender",
-                &out,
+            let err = dir.join(format!("child-{i}.log"));
+            let (mut c, lines) = sender_child(
+                &err,
                 &[
                     ("CHILD_URL", server.url()),
                     ("CHILD_JOURNAL", journal.display().to_string()),
@@ -213,22 +268,43 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
                     ("CHILD_SERVER_NEXT", server_next.to_string()),
                     ("CHILD_SYNC", sync.to_string()),
                 ],
-                None,
             );
-            let status = match kill {
-                Some(ms) => match wait_exit(&mut c, Duration::from_millis(*ms)) {
-                    Some(s) => Some(s),
-                    None => {
-                        c.kill().unwrap(); // SIGKILL
-                        c.wait().unwrap();
-                        killed += 1;
-                        None
+            let mut out = String::new();
+            let start = next_field(&lines, "START=", Duration::from_secs(60), &mut out);
+            // Kill after a random number of messages accepted by this
+            // process: at most three quarters of what it has to send, so
+            // the kill always comes while it is still at work.
+            let left = start.map_or(0, |s| total.saturating_sub(s));
+            let kill_at = (kill && left >= 40).then(|| 10 * fastrand::u64(1..=left * 3 / 40));
+            let status = match kill_at {
+                Some(k) => {
+                    let mut reached = false;
+                    while let Some(n) =
+                        next_field(&lines, "ACCEPTED=", Duration::from_secs(60), &mut out)
+                    {
+                        if n >= k {
+                            reached = true;
+                            break;
+                        }
                     }
-                },
+                    assert!(
+                        reached,
+                        "round {round}: the child never reported {k} accepted\n{out}"
+                    );
+                    c.kill().unwrap(); // SIGKILL
+                    c.wait().unwrap();
+                    killed += 1;
+                    None
+                }
                 None => wait_exit(&mut c, Duration::from_secs(120)),
             };
-            let log = std::fs::read_to_string(&out).unwrap_or_default();
-            if kill.is_none() {
+            // The rest of what it printed.
+            while let Ok(line) = lines.recv_timeout(WAIT) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            let log = format!("{out}{}", std::fs::read_to_string(&err).unwrap_or_default());
+            if !kill {
                 assert!(
                     status.is_some_and(|s| s.success()),
                     "round {round}: the last process failed: {status:?}\n{log}"
@@ -237,8 +313,8 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
             // Everything the dead process wrote has been read.
             assert!(wait_until(WAIT, || server.live() == 0));
             let recovered = field(&log, "RECOVERED=").unwrap_or("(none)").to_owned();
-            let fate = match (kill, status) {
-                (Some(ms), None) => format!("killed at {ms} ms"),
+            let fate = match (kill_at, status) {
+                (Some(k), None) => format!("killed after {k} accepted"),
                 _ => "finished".to_owned(),
             };
             report.push(format!(
