@@ -181,7 +181,8 @@ pub(crate) struct Shared {
     /// At-least-once: ids (and the journal). Held from stamping to the push,
     /// so the outbox order is the id order.
     pub(crate) seq: Option<Mutex<Sequencer>>,
-    /// `"msgId":` ready to splice into a message.
+    /// `"msgRun":R,"msgId":` ready to splice into a message: the run is
+    /// fixed for the client's life.
     stamp_key: String,
     recovered: Vec<Message>,
     /// Journal drops waiting for the journal lock.
@@ -374,7 +375,8 @@ impl Shared {
                 let plain = std::mem::take(&mut item.text);
                 item.text = stamp_text(&plain, &self.stamp_key, id).into();
                 if let Some(j) = g.journal.as_mut()
-                    && let Err(source) = j.append(id, &item.text, Instant::now())
+                    && let Err(source) =
+                        j.append(id, &item.text, wall_deadline(&item), Instant::now())
                 {
                     drop(g);
                     self.entering.fetch_sub(1, Ordering::SeqCst);
@@ -427,20 +429,25 @@ impl Shared {
         let route = self.route(route);
         let stamp = self.stamps(route, opts);
         let op_field = &self.cfg.operator_field;
-        let avoid = stamp.then_some(self.cfg.msg_id_field.as_str());
+        let ours = [
+            self.cfg.msg_id_field.as_str(),
+            self.cfg.msg_run_field.as_str(),
+        ];
+        let avoid: &[&str] = if stamp { &ours } else { &[] };
         let mut item = match crate::message::encode_direct(&msg, op_field, avoid)? {
             Some(text) => Item::new(text),
-            // Escapes, or a field of our id's name to replace: the full path.
+            // Escapes, or a field of our id's or run's name to replace: the full path.
             None => {
                 let mut value = self.to_value(msg)?;
                 if stamp && let Some(obj) = value.as_object_mut() {
                     obj.remove(&self.cfg.msg_id_field);
+                    obj.remove(&self.cfg.msg_run_field);
                 }
                 Item::from_string(crate::message::encode(value, op_field)?.0)
             }
         };
         if stamp {
-            // Room for the id spliced in later.
+            // Room for the run and id spliced in later.
             item.weight += self.stamp_key.len() + 21;
         }
         item.expires = opts.ttl.map(crate::time::from_now);
@@ -547,7 +554,20 @@ impl Shared {
     }
 }
 
-/// `{"msgId":7,` + the rest of the encoded object (which starts with `{`).
+/// The wall-clock time at which `item`'s time to live ends, for the journal.
+fn wall_deadline(item: &Item) -> Option<std::time::SystemTime> {
+    let left = item.expires?.saturating_duration_since(Instant::now());
+    std::time::SystemTime::now().checked_add(left)
+}
+
+/// A new at-least-once run id: random, nonzero, exact in JavaScript (< 2^53).
+pub(crate) fn new_run() -> u64 {
+    fastrand::u64(1..1 << 53)
+}
+
+/// `{"msgRun":R,"msgId":7,` + the rest of the encoded object (which starts
+/// with `{`); `key` is `"msgRun":R,"msgId":`, made once per client. (Or
+/// any `{key}{n},` in front.)
 fn stamp_text(text: &str, key: &str, id: u64) -> String {
     let rest = text.strip_prefix('{').unwrap_or(text);
     let sep = if rest.starts_with('}') { "" } else { "," };
@@ -809,23 +829,57 @@ impl Client {
     pub(crate) fn spawn(cfg: Config) -> Result<Client, Error> {
         let mut initial = Vec::new();
         let mut recovered = Vec::new();
+        let mut expired = 0;
         let seq = if cfg.at_least_once {
             let journal = match &cfg.journal {
                 Some(path) => {
-                    let (j, replay) =
+                    let (mut j, replay) =
                         Journal::open(path, cfg.journal_sync).map_err(|source| Error::Journal {
                             context: format!("opening {}", path.display()),
                             source,
                             message: None,
                         })?;
-                    for (id, text) in replay.messages {
+                    let (wall, now) = (std::time::SystemTime::now(), Instant::now());
+                    let run_key = format!(
+                        "{}:",
+                        serde_json::to_string(&cfg.msg_run_field).unwrap_or_default()
+                    );
+                    for (id, text, deadline) in replay.messages {
+                        let left = match deadline.map(|d| d.duration_since(wall)) {
+                            // Its time to live ran out while no process ran:
+                            // never sent late.
+                            Some(Err(_)) => {
+                                j.drop_id(id);
+                                expired += 1;
+                                continue;
+                            }
+                            Some(Ok(left)) => Some(left),
+                            None => None,
+                        };
+                        // Written by a version without runs: it joins the
+                        // journal's run (a check at start only, never per send).
+                        let text = match crate::message::decode(&text, &cfg.operator_field) {
+                            Ok(m) if m.get(&cfg.msg_run_field).is_none() => {
+                                stamp_text(&text, &run_key, j.run())
+                            }
+                            _ => text,
+                        };
                         if let Ok(m) = crate::message::decode(&text, &cfg.operator_field) {
                             recovered.push(m);
                         }
                         let mut item = Item::new(text);
                         item.id = Some(id);
-                        item.written = true;
+                        // Whether the last process wrote it is unknown. One
+                        // with a time to live keeps the time left (as if not
+                        // written: it is not sent once that runs out).
+                        item.expires = left.and_then(|l| now.checked_add(l));
+                        item.written = left.is_none();
                         initial.push(item);
+                    }
+                    if expired > 0 {
+                        log::info!(
+                            "longlink: {expired} messages in the journal expired while no client ran"
+                        );
                     }
                     if !initial.is_empty() {
                         log::info!(
@@ -837,19 +891,27 @@ impl Client {
                 }
                 None => None,
             };
-            // Ids start at the wall clock in microseconds: a restarted
-            // process continues above its predecessor even without a journal,
-            // so "id at most the highest seen" stays a valid duplicate test.
+            // The server tells duplicates by (run, id): a new run starts a
+            // new sequence. A journal keeps its run, and its ids continue
+            // after its last one. Ids start at the wall clock in
+            // microseconds only to make them easy to tell apart in logs:
+            // nothing depends on the clock (it may step back).
+            let run = journal.as_ref().map_or_else(new_run, Journal::run);
             let clock = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_micros() as u64);
             let next = journal.as_ref().map_or(clock, |j| j.next_id().max(clock));
-            Some(Mutex::new(Sequencer { next, journal }))
+            Some((run, Mutex::new(Sequencer { next, journal })))
         } else {
             None
         };
+        let (run, seq) = match seq {
+            Some((run, seq)) => (run, Some(seq)),
+            None => (0, None),
+        };
         let stamp_key = format!(
-            "{}:",
+            "{}:{run},{}:",
+            serde_json::to_string(&cfg.msg_run_field).unwrap_or_default(),
             serde_json::to_string(&cfg.msg_id_field).unwrap_or_default()
         );
         let poller = Poller::new().map_err(|e| Error::Connect {
@@ -868,6 +930,7 @@ impl Client {
         }
         let counters = Counters::default();
         Counters::add(&counters.recovered, initial.len() as u64);
+        Counters::add(&counters.expired, expired);
         let shared = Arc::new(Shared {
             cfg,
             tx,
@@ -1004,6 +1067,9 @@ impl Client {
     /// The messages recovered from the durable journal when this client
     /// started (accepted by an earlier process, not acknowledged), in the
     /// order they are being re-sent, with their ids. Empty otherwise.
+    /// Messages whose [time to live](SendOptions::ttl) ran out before this
+    /// start are not among them: they are dropped and counted in
+    /// [`Stats::expired`].
     pub fn recovered(&self) -> Vec<Message> {
         self.shared.recovered.clone()
     }
@@ -1180,8 +1246,11 @@ impl Client {
     /// be flushed. Under at-least-once it also waits (within `timeout`) for
     /// the acknowledgements; messages not acknowledged are handed back.
     /// With a durable outbox they are not handed back: they stay in the
-    /// journal and are sent by the next client started on it. The journal
-    /// file is released.
+    /// journal and are sent by the next client started on it; one with a
+    /// time to live keeps its deadline there, and the next start drops it
+    /// if the deadline has passed. A message whose time to live has run
+    /// out by the close is expired, neither handed back nor kept. The
+    /// journal file is released.
     ///
     /// `Ok(())` means every message accepted before this call and not
     /// already reported lost (in [`Stats`] and receipts) is known to have
@@ -1364,6 +1433,14 @@ mod tests {
         let gone = Err(RecvTimeoutError::Disconnected);
         let r = request_outcome(gone, d, t, Duration::from_millis(5));
         assert!(matches!(r, Err(Error::Closed { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn run_ids_are_nonzero_and_exact_in_javascript() {
+        for _ in 0..1000 {
+            let r = new_run();
+            assert!(r > 0 && r < 1 << 53, "{r}");
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub(crate) struct Config {
     pub(crate) at_least_once: bool,
     pub(crate) ack_operator: String,
     pub(crate) msg_id_field: String,
+    pub(crate) msg_run_field: String,
     pub(crate) journal: Option<PathBuf>,
     pub(crate) journal_sync: JournalSync,
     #[cfg(feature = "native-tls")]
@@ -218,6 +219,7 @@ impl ClientBuilder {
                 at_least_once: false,
                 ack_operator: "Ack".into(),
                 msg_id_field: "msgId".into(),
+                msg_run_field: "msgRun".into(),
                 journal: None,
                 journal_sync: JournalSync::Interval(Duration::from_secs(1)),
                 #[cfg(feature = "native-tls")]
@@ -448,16 +450,19 @@ impl ClientBuilder {
     }
 
     /// At-least-once delivery: every message queued by `send` is stamped
-    /// with an increasing id in [`message_id_field`](Self::message_id_field),
-    /// kept after writing until the server acknowledges it with
+    /// with an increasing id in [`message_id_field`](Self::message_id_field)
+    /// and the client's run id in
+    /// [`message_run_field`](Self::message_run_field), kept after writing
+    /// until the server acknowledges it with
     /// `{"Operator": "Ack", "msgId": N}` (cumulative: all ids up to N), and
     /// re-sent first, in order, after every reconnect and re-login. The
-    /// server drops ids it has seen (and still acknowledges them). Ids
-    /// start at the wall clock in microseconds when the client starts (or
-    /// after the journal's last id, if higher), so a restarted process
-    /// continues above its predecessor and "at most the highest id seen
-    /// from this client" stays a valid duplicate test; they stay below
-    /// 2^53 (exact in JavaScript) for centuries. Messages
+    /// server drops messages it has seen (and still acknowledges them):
+    /// within one run, an id at most the highest it has seen is a
+    /// duplicate; a message of another run starts a new sequence. Each
+    /// client starts a new random run (a durable one keeps its journal's
+    /// run, and its ids continue after the journal's last id), so no
+    /// ordering of ids across processes, and no clock, is relied on. Ids
+    /// and runs stay below 2^53 (exact in JavaScript). Messages
     /// awaiting their ack count toward the outbox bounds. Requests, volatile
     /// messages, heartbeats and the `on_open` hook's messages are not
     /// stamped. Defaults to false (at most once).
@@ -477,6 +482,20 @@ impl ClientBuilder {
     /// Defaults to `"msgId"`.
     pub fn message_id_field(mut self, field: impl Into<String>) -> Self {
         self.cfg.msg_id_field = field.into();
+        self
+    }
+
+    /// Field carrying the run id on at-least-once messages: a random number
+    /// (below 2^53, never 0) chosen when the client starts, kept in the
+    /// journal by a [durable](Self::durable) client so that a restarted
+    /// process continues its run. Ids only grow within a run. The server
+    /// keeps, per client, the (run, highest id) pair it has accepted: a
+    /// message whose run differs from the stored one starts a new sequence
+    /// (accept it and store its run and id); within the run, an id at most
+    /// the highest is a duplicate (drop it, still acknowledge it).
+    /// Acknowledgements carry only the id. Defaults to `"msgRun"`.
+    pub fn message_run_field(mut self, field: impl Into<String>) -> Self {
+        self.cfg.msg_run_field = field.into();
         self
     }
 
@@ -622,6 +641,16 @@ impl ClientBuilder {
                     "message_id_field must be a non-empty field other than the operator and correlation fields".into(),
                 );
             }
+            let r = &c.msg_run_field;
+            if r.is_empty()
+                || r == f
+                || *r == c.operator_field
+                || c.correlation_field.as_ref() == Some(r)
+            {
+                self.problems.push(
+                    "message_run_field must be a non-empty field other than the operator, correlation and message id fields".into(),
+                );
+            }
             if c.ack_operator.is_empty() {
                 self.problems.push("ack_operator must not be empty".into());
             }
@@ -743,6 +772,22 @@ mod tests {
         assert!(text.contains("ws://"), "{text}");
         assert!(text.contains("heartbeat_interval"), "{text}");
         assert!(text.contains("outbox_capacity"), "{text}");
+    }
+
+    #[test]
+    fn a_run_field_clashing_with_another_field_is_refused() {
+        for field in ["", "msgId", "Operator", "reqId"] {
+            let err = ClientBuilder::new("ws://x")
+                .at_least_once(true)
+                .correlation_field("reqId")
+                .message_run_field(field)
+                .validate()
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("message_run_field"),
+                "{field}: {err}"
+            );
+        }
     }
 
     #[test]

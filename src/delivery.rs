@@ -196,8 +196,14 @@ impl SendOptions {
 
     /// Drop the message (reported as [`Status::Expired`]) if it has not
     /// been written within `ttl` of `send_with`. A message already written
-    /// is not recalled, and is re-sent under at-least-once. Not kept in the
-    /// journal across restarts.
+    /// is not recalled, and is re-sent under at-least-once. With a
+    /// [durable](crate::ClientBuilder::durable) outbox its deadline is kept
+    /// in the journal as wall-clock time: a client started on the journal
+    /// after the deadline drops it (counted in
+    /// [`Stats::expired`](crate::Stats::expired), not in
+    /// [`Client::recovered`](crate::Client::recovered)), written before or
+    /// not; one started earlier gives it only the time left. A step of the
+    /// system clock between the two processes moves that deadline with it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self

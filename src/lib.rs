@@ -82,10 +82,11 @@
 //!   [`heartbeat_interval`](ClientBuilder::heartbeat_interval) of silence a
 //!   ping goes out; with no frame within
 //!   [`heartbeat_timeout`](ClientBuilder::heartbeat_timeout) the link is
-//!   declared dead — also when the peer vanished without a FIN. A peer
-//!   that sends but answers no ping within interval + timeout is declared
-//!   dead too: nothing it read could ever be confirmed (and at most 65,536
-//!   receipts wait for a pong; past that, writing waits).
+//!   declared dead — also when the peer vanished without a FIN. At most
+//!   65,536 receipts and answered requests wait for a pong; past that,
+//!   writing waits for one, and a peer that still answers no ping within
+//!   interval + timeout (a pong lagging behind a flood is no fault until
+//!   then) is declared dead: nothing it read could ever be confirmed.
 //! - A link that was up for 5 s is retried at once when it drops; then the
 //!   delay grows ×2 from 500 ms to 30 s with jitter. A server Close frame
 //!   (code 1000 included) is a drop like any other: only
@@ -108,7 +109,7 @@
 //! | mode | turn on | guarantees | costs (`cargo bench --bench perf`, median of 5; a 2-core machine shared with the server process: runs vary by ±30 %) |
 //! |---|---|---|---|
 //! | at most once | default | order; each message leaves once; a message written into a link that then dies may be lost: counted in `possibly_lost`, reported per message by a receipt | 1.0M msg/s (0.5–0.8× raw tungstenite batched), 0.9 µs per `send` |
-//! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.42–0.63× (584k–883k msg/s, 1.1–1.7 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~25 bytes of `msgId` per message |
+//! | at least once | [`at_least_once(true)`](ClientBuilder::at_least_once) | order; every accepted message arrives, re-sent until the server acknowledges it; with the server's duplicate check (below), effectively once | 0.42–0.63× (584k–883k msg/s, 1.1–1.7 µs per `send`); each message stays in memory (and in the outbox bounds) until acknowledged; ~50 bytes of `msgRun` and `msgId` per message |
 //! | durable | [`durable(path)`](ClientBuilder::durable) | at least once, and accepted messages survive a crash, kill or restart of the process: the next client on the same file sends them, same ids, in order | 0.11–0.18× (167k–210k msg/s, 4.8–6.0 µs per `send`: one `write(2)` per message) with `JournalSync::Interval(1 s)` (default) or `Never`; `EveryMessage` survives power loss too at one `fdatasync` per message (about 2k msg/s, 0.5 ms per `send` on the development machine's disk) |
 //!
 //! ```no_run
@@ -126,17 +127,22 @@
 //! The wire contract of at least once:
 //!
 //! ```text
-//! client → {"Operator":"CreateInvitation","Table":"hi","msgId":1795726594488260}
+//! client → {"msgRun":4503599627370495,"msgId":1795726594488260,"Operator":"CreateInvitation","Table":"hi"}
 //! server → {"Operator":"Ack","msgId":1795726594488260}     every id ≤ this one is received
 //! ```
 //!
-//! The server keeps, per client (per login), the highest `msgId` it has
-//! handled: a message with an id at most that is a duplicate, dropped but still
-//! acknowledged. Ids only grow: they start at the wall clock in microseconds
-//! when the client starts (or after the journal's last id), so a restarted
-//! process continues above its predecessor. Acks may be cumulative and
-//! batched. Operator and field are configurable (`ack_operator`,
-//! `message_id_field`). Requests, volatile messages, heartbeats and the
+//! Every message carries the client's *run* (`msgRun`, a random number below
+//! 2^53 chosen when the client starts; a durable client keeps its journal's
+//! run across restarts) and an id (`msgId`) that grows within the run. The
+//! server keeps, per client (per login), the (run, highest id) pair it has
+//! handled: a message whose run differs from the stored one starts a new
+//! sequence (handle it, store its run and id); within the run, a message with
+//! an id at most the highest is a duplicate, dropped but still acknowledged.
+//! Nothing relies on ids growing across processes or on the clock: a process
+//! restarted after the clock stepped back, or on another machine, has a new
+//! run. Acks carry only the id, may be cumulative and batched. Operator and
+//! fields are configurable (`ack_operator`, `message_id_field`,
+//! `message_run_field`). Requests, volatile messages, heartbeats and the
 //! `on_open` step's messages are not stamped.
 //!
 //! Per message, [`send_with(msg, SendOptions)`](Client::send_with) returns a [`Receipt`] that can be

@@ -140,7 +140,7 @@ pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), E
 /// Serialize `msg` straight to frame text and check the envelope by
 /// scanning the text's top level, without building a `Value` (a deep copy
 /// per message otherwise). Returns the text, or `None` when the cheap path
-/// cannot decide (escapes in the operator, a field named `avoid` present):
+/// cannot decide (escapes in the operator, a field named in `avoid` present):
 /// then use [`encode`].
 ///
 /// The text is written into a per-thread scratch buffer and copied out into
@@ -149,7 +149,7 @@ pub(crate) fn encode(value: Value, op_field: &str) -> Result<(String, String), E
 pub(crate) fn encode_direct(
     msg: &impl serde::Serialize,
     op_field: &str,
-    avoid: Option<&str>,
+    avoid: &[&str],
 ) -> Result<Option<String>, Error> {
     /// Larger scratch buffers are not kept between messages.
     const KEEP: usize = 64 * 1024;
@@ -199,7 +199,7 @@ enum Scan {
 }
 
 /// Find the top-level string field `key` of a JSON object text.
-fn scan_top_level(text: &str, key: &str, avoid: Option<&str>) -> Scan {
+fn scan_top_level(text: &str, key: &str, avoid: &[&str]) -> Scan {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -229,7 +229,7 @@ fn scan_top_level(text: &str, key: &str, avoid: Option<&str>) -> Scan {
         let Some(v_end) = value_end(b, i) else {
             return Scan::Undecided;
         };
-        if avoid == Some(raw_key) {
+        if avoid.contains(&raw_key) {
             return Scan::Undecided;
         }
         if raw_key == key && found.is_none() {
@@ -241,7 +241,7 @@ fn scan_top_level(text: &str, key: &str, avoid: Option<&str>) -> Scan {
                 return Scan::Undecided;
             }
             // Nothing else to look for: the rest is valid JSON (serde wrote it).
-            if avoid.is_none() {
+            if avoid.is_empty() {
                 return Scan::Operator(inner);
             }
             found = Some(inner);
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn the_top_level_scan_finds_the_operator_and_agrees_with_the_full_parse() {
-        let op = |t: &str| match scan_top_level(t, "Operator", Some("msgId")) {
+        let op = |t: &str| match scan_top_level(t, "Operator", &["msgId"]) {
             Scan::Operator(r) => Some(t[r].to_owned()),
             _ => None,
         };
@@ -394,7 +394,7 @@ mod tests {
             r#"{"a":{"Operator":"X"}}"#,
         ] {
             assert_eq!(
-                scan_top_level(invalid, "Operator", None),
+                scan_top_level(invalid, "Operator", &[]),
                 Scan::Invalid,
                 "{invalid}"
             );
@@ -405,7 +405,7 @@ mod tests {
             r#"{"Oper\u0061tor":"X"}"#,
         ] {
             assert_eq!(
-                scan_top_level(undecided, "Operator", Some("msgId")),
+                scan_top_level(undecided, "Operator", &["msgId"]),
                 Scan::Undecided,
                 "{undecided}"
             );
@@ -415,12 +415,12 @@ mod tests {
     #[test]
     fn direct_encoding_matches_the_value_path() {
         let v = serde_json::json!({"Operator": "Post", "n": 1, "nested": {"Operator": "no"}});
-        let text = encode_direct(&v, "Operator", None).unwrap().unwrap();
+        let text = encode_direct(&v, "Operator", &[]).unwrap().unwrap();
         assert_eq!(text.len(), text.capacity(), "one exact allocation");
         assert_eq!((text, "Post".to_owned()), encode(v, "Operator").unwrap());
         let bad = serde_json::json!({"op": "X"});
         assert!(matches!(
-            encode_direct(&bad, "Operator", None),
+            encode_direct(&bad, "Operator", &[]),
             Err(Error::InvalidMessage { .. })
         ));
     }

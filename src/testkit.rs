@@ -127,7 +127,10 @@ pub fn ok_handler() -> Handler {
 /// What a deduplicating at-least-once server accepted.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    /// Highest message id accepted.
+    /// Run of the messages being accepted (`msgRun`; `None` for messages
+    /// without one).
+    pub run: Option<u64>,
+    /// Highest message id accepted in that run.
     pub highest: u64,
     /// Messages accepted (the first copy of each id), in order.
     pub accepted: Vec<Value>,
@@ -137,17 +140,22 @@ pub struct Dedup {
     pub ack: bool,
 }
 
-/// The server side of at-least-once: a message whose `msgId` is at most the
-/// highest seen is a duplicate (dropped, still acknowledged); every message
-/// is answered with a cumulative `{"Operator":"Ack","msgId":highest}`.
-/// Messages without an id go to `other`.
+/// The server side of at-least-once, for one client: it keeps the (run,
+/// highest id) pair. A message whose `msgRun` differs from the stored run
+/// starts a new sequence (accepted; its run and id are stored); within the
+/// run, a `msgId` at most the highest is a duplicate (dropped, still
+/// acknowledged). Every message is answered with a cumulative
+/// `{"Operator":"Ack","msgId":highest}`. Messages without an id go to
+/// `other`.
 pub fn dedup_handler(state: Arc<Mutex<Dedup>>, other: Handler) -> Handler {
     Arc::new(move |v: &Value| {
         let Some(id) = v.get("msgId").and_then(Value::as_u64) else {
             return other(v);
         };
+        let run = v.get("msgRun").and_then(Value::as_u64);
         let mut d = state.lock().unwrap_or_else(|e| e.into_inner());
-        if id > d.highest {
+        if run != d.run || id > d.highest {
+            d.run = run;
             d.highest = id;
             d.accepted.push(v.clone());
         } else {

@@ -459,3 +459,71 @@ fn every_final_receipt_is_already_counted_in_the_stats() {
     assert_eq!(status, Status::Failed(Failure::PossiblyLost));
     assert_eq!(counted, 500, "the receipt said so before the count did");
 }
+
+/// The previous process of this client ran while the clock was ahead (its
+/// ids are high), then the clock stepped back: the new process's ids are
+/// lower than the highest the server has seen. A server following the
+/// documented rule must still take them, since they belong to a new run.
+#[test]
+fn messages_of_a_restarted_client_whose_ids_went_back_are_not_taken_for_duplicates() {
+    init_log();
+    let (server, dedup) = dedup_server();
+    // The earlier run's last message, as it was on the wire.
+    let earlier = Client::builder(server.url()).connect().unwrap();
+    let high = (1u64 << 53) - 1;
+    earlier
+        .send(json!({"msgRun": 12345, "msgId": high, "Operator": "Post", "n": 0}))
+        .unwrap();
+    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 1));
+    earlier.close(WAIT).unwrap();
+    let client = Client::builder(server.url())
+        .at_least_once(true)
+        .connect()
+        .unwrap();
+    for n in 1..=3 {
+        client.send(json!({"Operator": "Post", "n": n})).unwrap();
+    }
+    assert!(wait_until(WAIT, || client.stats().acknowledged == 3));
+    let d = dedup.lock().unwrap();
+    let ns: Vec<u64> = d
+        .accepted
+        .iter()
+        .map(|v| v["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        [0, 1, 2, 3],
+        "dropped as duplicates: {:?}",
+        d.duplicates
+    );
+    assert_eq!(d.duplicates, 0);
+    let runs: Vec<&Value> = d.accepted[1..].iter().map(|v| &v["msgRun"]).collect();
+    assert!(
+        runs.iter()
+            .all(|r| r.is_u64() && **r == *runs[0] && **r != json!(12345)),
+        "one new run on every message: {runs:?}"
+    );
+    assert!(d.accepted[1]["msgId"].as_u64().unwrap() < high);
+    drop(d);
+    client.close(WAIT).unwrap();
+}
+
+#[test]
+fn a_message_field_named_like_the_run_field_is_replaced() {
+    init_log();
+    let (server, dedup) = dedup_server();
+    let client = Client::builder(server.url())
+        .at_least_once(true)
+        .message_run_field("run")
+        .connect()
+        .unwrap();
+    client
+        .send(json!({"Operator": "Post", "n": 0, "run": "mine"}))
+        .unwrap();
+    assert!(wait_until(WAIT, || client.stats().acknowledged == 1));
+    let d = dedup.lock().unwrap();
+    assert!(d.accepted[0]["run"].is_u64(), "{}", d.accepted[0]);
+    assert!(d.accepted[0].get("msgRun").is_none());
+    drop(d);
+    client.close(WAIT).unwrap();
+}

@@ -3,12 +3,14 @@
 //! with `LONGLINK_JOURNAL_CHILD` set (see `child_process_entry`).
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use longlink::{Client, Error, JournalSync, Overflow};
+use crossbeam_channel::{Receiver, unbounded};
+use longlink::{Client, Error, Failure, JournalSync, Overflow, SendOptions, Status};
 use serde_json::{Value, json};
 use support::{Dedup, dead_addr, dedup_server, init_log, wait_until};
 
@@ -53,8 +55,9 @@ fn child_process_entry() {
     }
 }
 
-/// Sends `n` = where the last process stopped .. `CHILD_N`, then waits
-/// until everything is acknowledged.
+/// Sends `n` = where the last process stopped .. `CHILD_N`, reporting
+/// `ACCEPTED=k` on stdout after every 10 accepted, then waits until
+/// everything is acknowledged.
 fn child_sender() {
     let total: u64 = var("CHILD_N").parse().unwrap();
     let server_next: u64 = var("CHILD_SERVER_NEXT").parse().unwrap();
@@ -76,6 +79,10 @@ fn child_sender() {
     println!("RECOVERED={} START={start}", recovered.len());
     for n in start..total {
         client.send(json!({"Operator": "Num", "n": n})).unwrap();
+        let accepted = n - start + 1;
+        if accepted.is_multiple_of(10) {
+            println!("ACCEPTED={accepted}");
+        }
     }
     assert!(wait_until(Duration::from_secs(60), || {
         client.stats().outbox_depth == 0
@@ -115,6 +122,55 @@ fn child_full_disk() {
     }));
     println!("ACCEPTED={accepted}");
     client.close(WAIT).unwrap();
+}
+
+/// A sender child whose stdout comes line by line through the returned
+/// channel (stderr goes to `err`), so the parent can act on its progress.
+fn sender_child(err: &Path, envs: &[(&str, String)]) -> (Child, Receiver<String>) {
+    let log = std::fs::File::create(err).unwrap();
+    let mut c = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "sender")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let out = c.stdout.take().unwrap();
+    let (tx, rx) = unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (c, rx)
+}
+
+/// The next line with `key`, within `timeout`; every line read goes to `seen`.
+fn next_field(
+    rx: &Receiver<String>,
+    key: &str,
+    timeout: Duration,
+    seen: &mut String,
+) -> Option<u64> {
+    let deadline = Instant::now() + timeout;
+    while let Ok(line) = rx.recv_deadline(deadline) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(v) = field(&line, key) {
+            return v.parse().ok();
+        }
+    }
+    None
 }
 
 /// This binary, running only `child_process_entry`, in `mode`. With
@@ -180,7 +236,8 @@ fn ns(d: &Dedup) -> Vec<u64> {
 #[test]
 fn killed_processes_lose_nothing_and_duplicate_nothing() {
     init_log();
-    // (fsync policy, messages, kill delays after start in ms)
+    // (fsync policy, messages). Each round runs two processes killed after
+    // a random number of accepted messages, then one that finishes.
     let rounds: [(&str, u64); 5] = [
         ("never", 3000),
         ("5", 3000),
@@ -193,19 +250,17 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
         let dir = temp_dir("kill");
         let journal = dir.join("outbox.journal");
         let (server, dedup) = dedup_server();
-        let kills = [fastrand::u64(5..150), fastrand::u64(5..150)];
         let mut report = Vec::new();
-        for (i, kill) in kills.iter().map(Some).chain([None]).enumerate() {
+        for (i, kill) in [true, true, false].into_iter().enumerate() {
             let server_next = dedup
                 .lock()
                 .unwrap()
                 .accepted
                 .last()
                 .map_or(0, |v| v["n"].as_u64().unwrap() + 1);
-            let out = dir.join(format!("child-{i}.log"));
-            let mut c = child(
-                "sender",
-                &out,
+            let err = dir.join(format!("child-{i}.log"));
+            let (mut c, lines) = sender_child(
+                &err,
                 &[
                     ("CHILD_URL", server.url()),
                     ("CHILD_JOURNAL", journal.display().to_string()),
@@ -213,22 +268,43 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
                     ("CHILD_SERVER_NEXT", server_next.to_string()),
                     ("CHILD_SYNC", sync.to_string()),
                 ],
-                None,
             );
-            let status = match kill {
-                Some(ms) => match wait_exit(&mut c, Duration::from_millis(*ms)) {
-                    Some(s) => Some(s),
-                    None => {
-                        c.kill().unwrap(); // SIGKILL
-                        c.wait().unwrap();
-                        killed += 1;
-                        None
+            let mut out = String::new();
+            let start = next_field(&lines, "START=", Duration::from_secs(60), &mut out);
+            // Kill after a random number of messages accepted by this
+            // process: at most three quarters of what it has to send, so
+            // the kill always comes while it is still at work.
+            let left = start.map_or(0, |s| total.saturating_sub(s));
+            let kill_at = (kill && left >= 40).then(|| 10 * fastrand::u64(1..=left * 3 / 40));
+            let status = match kill_at {
+                Some(k) => {
+                    let mut reached = false;
+                    while let Some(n) =
+                        next_field(&lines, "ACCEPTED=", Duration::from_secs(60), &mut out)
+                    {
+                        if n >= k {
+                            reached = true;
+                            break;
+                        }
                     }
-                },
+                    assert!(
+                        reached,
+                        "round {round}: the child never reported {k} accepted\n{out}"
+                    );
+                    c.kill().unwrap(); // SIGKILL
+                    c.wait().unwrap();
+                    killed += 1;
+                    None
+                }
                 None => wait_exit(&mut c, Duration::from_secs(120)),
             };
-            let log = std::fs::read_to_string(&out).unwrap_or_default();
-            if kill.is_none() {
+            // The rest of what it printed.
+            while let Ok(line) = lines.recv_timeout(WAIT) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            let log = format!("{out}{}", std::fs::read_to_string(&err).unwrap_or_default());
+            if !kill {
                 assert!(
                     status.is_some_and(|s| s.success()),
                     "round {round}: the last process failed: {status:?}\n{log}"
@@ -237,8 +313,8 @@ fn killed_processes_lose_nothing_and_duplicate_nothing() {
             // Everything the dead process wrote has been read.
             assert!(wait_until(WAIT, || server.live() == 0));
             let recovered = field(&log, "RECOVERED=").unwrap_or("(none)").to_owned();
-            let fate = match (kill, status) {
-                (Some(ms), None) => format!("killed at {ms} ms"),
+            let fate = match (kill_at, status) {
+                (Some(k), None) => format!("killed after {k} accepted"),
                 _ => "finished".to_owned(),
             };
             report.push(format!(
@@ -409,5 +485,218 @@ fn the_journal_is_compacted_and_does_not_grow_without_bound() {
         "all acknowledged: only the header is left ({end} bytes)"
     );
     eprintln!("journal: largest {largest} bytes, {end} at the end, for {N} messages");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn durable_clients_sharing_a_directory_never_touch_each_others_journal() {
+    init_log();
+    let dir = temp_dir("neighbours");
+    // A journal whose name a compaction temp file once had, holding three
+    // messages for a server that is down.
+    let idle_path = dir.join("outbox.compacting");
+    let idle = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&idle_path)
+        .start()
+        .unwrap();
+    for n in 0..3 {
+        idle.send(json!({"Operator": "Num", "n": n})).unwrap();
+    }
+    // A busy neighbour sharing the stem: its journal is compacted many times.
+    let (server, dedup) = dedup_server();
+    let busy_path = dir.join("outbox.1");
+    let busy = Client::builder(server.url())
+        .durable(&busy_path)
+        .outbox_overflow(Overflow::Block(Duration::from_secs(30)))
+        .connect()
+        .unwrap();
+    const N: usize = 6_000;
+    for n in 0..N {
+        busy.send(json!({"Operator": "Num", "n": n, "pad": "x".repeat(200)}))
+            .unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(30), || {
+        busy.stats().outbox_depth == 0
+    }));
+    busy.close(WAIT).unwrap();
+    assert_eq!(dedup.lock().unwrap().accepted.len(), N);
+    let _ = idle.close(Duration::from_millis(50));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["outbox.1", "outbox.compacting"],
+        "no temp file left"
+    );
+    // Both journals reopen with exactly what they held.
+    let again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&idle_path)
+        .start()
+        .unwrap();
+    let ns: Vec<u64> = again
+        .recovered()
+        .iter()
+        .map(|m| m.get("n").and_then(Value::as_u64).unwrap())
+        .collect();
+    assert_eq!(ns, [0, 1, 2]);
+    let _ = again.close(Duration::from_millis(50));
+    let busy_again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&busy_path)
+        .start()
+        .unwrap();
+    assert!(busy_again.recovered().is_empty());
+    let _ = busy_again.close(Duration::from_millis(50));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn recovered_ns(c: &Client) -> Vec<u64> {
+    c.recovered()
+        .iter()
+        .map(|m| m.get("n").and_then(Value::as_u64).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_ttl_message_whose_deadline_passes_between_processes_is_expired_not_sent() {
+    init_log();
+    let dir = temp_dir("ttl-expired");
+    let path = dir.join("outbox.journal");
+    let ttl = Duration::from_millis(150);
+    let down = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    let sent_at = Instant::now();
+    let short = down
+        .send_with(
+            json!({"Operator": "Num", "n": 0}),
+            SendOptions::new().ttl(ttl),
+        )
+        .unwrap();
+    down.send(json!({"Operator": "Num", "n": 1})).unwrap();
+    let long = SendOptions::new().ttl(Duration::from_secs(60));
+    down.send_with(json!({"Operator": "Num", "n": 2}), long)
+        .unwrap();
+    // Durable: all three stay in the journal, none is handed back.
+    down.close(Duration::from_millis(50)).unwrap();
+    assert_eq!(short.status(), Status::Failed(Failure::Closed));
+    // Time passes while no process runs.
+    std::thread::sleep(ttl.saturating_sub(sent_at.elapsed()));
+    let (server, dedup) = dedup_server();
+    let client = Client::builder(server.url())
+        .durable(&path)
+        .connect()
+        .unwrap();
+    assert_eq!(recovered_ns(&client), [1, 2]);
+    assert_eq!(client.stats().expired, 1);
+    assert_eq!(client.stats().recovered, 2);
+    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 2));
+    assert!(wait_until(WAIT, || client.stats().outbox_depth == 0));
+    assert_eq!(
+        ns(&dedup.lock().unwrap()),
+        [1, 2],
+        "the expired one never left"
+    );
+    client.close(WAIT).unwrap();
+    // Its drop was recorded: the next start has nothing left.
+    let again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    assert!(again.recovered().is_empty());
+    assert_eq!(again.stats().expired, 0);
+    let _ = again.close(Duration::from_millis(50));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_recovered_ttl_message_keeps_only_the_time_it_had_left() {
+    init_log();
+    let dir = temp_dir("ttl-left");
+    let path = dir.join("outbox.journal");
+    let ttl = Duration::from_millis(1500);
+    let down = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    let sent_at = Instant::now();
+    down.send_with(
+        json!({"Operator": "Num", "n": 0}),
+        SendOptions::new().ttl(ttl),
+    )
+    .unwrap();
+    down.close(Duration::from_millis(50)).unwrap();
+    // Two thirds of its time to live pass before the next start.
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(sent_at.elapsed()));
+    let restarted_at = Instant::now();
+    let client = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    assert_eq!(recovered_ns(&client), [0]);
+    assert!(wait_until(Duration::from_secs(10), || client
+        .stats()
+        .expired
+        == 1));
+    let after = restarted_at.elapsed();
+    // It expires when what was left runs out, not a whole TTL after the restart.
+    assert!(sent_at.elapsed() >= ttl, "expired early");
+    assert!(
+        after < ttl - Duration::from_millis(100),
+        "expired {after:?} after the restart, with about 500 ms of its TTL left"
+    );
+    let _ = client.close(Duration::from_millis(50));
+    let again = Client::builder(format!("ws://{}", dead_addr()))
+        .durable(&path)
+        .start()
+        .unwrap();
+    assert!(again.recovered().is_empty(), "its drop was recorded");
+    let _ = again.close(Duration::from_millis(50));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_restarted_durable_client_continues_its_run_and_its_ids() {
+    init_log();
+    let dir = temp_dir("run");
+    let path = dir.join("outbox.journal");
+    let (server, dedup) = dedup_server();
+    for round in 0..2 {
+        let client = Client::builder(server.url())
+            .durable(&path)
+            .connect()
+            .unwrap();
+        for n in 0..2 {
+            client
+                .send(json!({"Operator": "Num", "n": round * 2 + n}))
+                .unwrap();
+        }
+        assert!(wait_until(WAIT, || client.stats().acknowledged == 2));
+        client.close(WAIT).unwrap();
+    }
+    let d = dedup.lock().unwrap();
+    assert_eq!(ns(&d), [0, 1, 2, 3]);
+    let run = d.accepted[0]["msgRun"].clone();
+    assert!(run.as_u64().is_some_and(|r| r > 0 && r < 1 << 53), "{run}");
+    assert!(d.accepted.iter().all(|v| v["msgRun"] == run), "one run");
+    let ids: Vec<u64> = d
+        .accepted
+        .iter()
+        .map(|v| v["msgId"].as_u64().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    drop(d);
+    // Without its journal, the next client is a new run.
+    let other = Client::builder(server.url())
+        .at_least_once(true)
+        .connect()
+        .unwrap();
+    other.send(json!({"Operator": "Num", "n": 4})).unwrap();
+    assert!(wait_until(WAIT, || other.stats().acknowledged == 1));
+    assert_ne!(dedup.lock().unwrap().accepted[4]["msgRun"], run);
+    other.close(WAIT).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,6 +23,8 @@ use support::*;
 /// What the server saw, without keeping the messages (memory stays flat).
 #[derive(Default)]
 struct Tally {
+    /// The client's run (`msgRun`) and the highest id accepted in it.
+    run: Option<u64>,
     highest_id: u64,
     next_seq: u64,
     out_of_order: u64,
@@ -53,7 +55,9 @@ fn soak_through_random_faults_loses_nothing_and_leaks_nothing() {
                 return vec![reply];
             };
             let mut t = t.lock().unwrap();
-            if id > t.highest_id {
+            let run = v.get("msgRun").and_then(Value::as_u64);
+            if run != t.run || id > t.highest_id {
+                t.run = run;
                 t.highest_id = id;
                 if v["seq"].as_u64() != Some(t.next_seq) {
                     t.out_of_order += 1;

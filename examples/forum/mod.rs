@@ -14,9 +14,11 @@
 //! | `CreateInvitationComment{id, text}` | `CreateInvitationCommentOK{data}`, or `CreateInvitationCommentError{reason}` |
 //! | `LoveInvitation{id}` | `LoveInvitationOK{id, loves}`, or `LoveInvitationError{reason}` |
 //!
-//! A message carrying `msgId` is handled once per user: an id at most the
-//! highest seen from that user is a duplicate, dropped; either way the
-//! server answers `Ack{msgId: highest}`. A `reqId` is echoed in the reply.
+//! A message carrying `msgId` is handled once per user: the server keeps the
+//! user's (`msgRun`, highest `msgId`) pair; a message of another run starts
+//! a new sequence, and within the run an id at most the highest is a
+//! duplicate, dropped; either way the server answers `Ack{msgId: highest}`.
+//! A `reqId` is echoed in the reply.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
@@ -62,8 +64,8 @@ pub struct Forum {
 struct State {
     /// Connection → logged-in user.
     sessions: HashMap<u64, String>,
-    /// User → highest message id handled.
-    highest: HashMap<String, u64>,
+    /// User → (run, highest message id handled in it).
+    highest: HashMap<String, (Option<u64>, u64)>,
     invitations: Vec<Invitation>,
     /// (user, message) handled, in order: the first copy of each id.
     accepted: Vec<(String, Value)>,
@@ -127,12 +129,15 @@ impl Forum {
         };
         let mut acks = Vec::new();
         if let Some(id) = v.get("msgId").and_then(Value::as_u64) {
-            let highest = s.highest.get(&user).copied().unwrap_or(0);
-            if id <= highest {
+            let run = v.get("msgRun").and_then(Value::as_u64);
+            if let Some(&(seen_run, highest)) = s.highest.get(&user)
+                && seen_run == run
+                && id <= highest
+            {
                 s.duplicates += 1;
                 return vec![json!({"Operator": "Ack", "msgId": highest})];
             }
-            s.highest.insert(user.clone(), id);
+            s.highest.insert(user.clone(), (run, id));
             acks.push(json!({"Operator": "Ack", "msgId": id}));
             s.accepted.push((user.clone(), v.clone()));
         }

@@ -66,6 +66,8 @@ pub(crate) fn run(
     let stack_top = crate::stack::Top::here();
     let backoff = Backoff::new(shared.cfg.backoff);
     let highest_id = recovered.iter().filter_map(|i| i.id).max().unwrap_or(0);
+    // Recovered messages keep what was left of their time to live.
+    let ttl_next = recovered.iter().filter_map(|i| i.expires).min();
     let mut io = Io {
         shared,
         rx,
@@ -75,7 +77,7 @@ pub(crate) fn run(
         highest_id,
         acked: 0,
         journal_acked: 0,
-        ttl_next: None,
+        ttl_next,
         volatile_queued: 0,
         login: VecDeque::new(),
         conn: None,
@@ -223,12 +225,16 @@ impl Conn {
         self.awaiting.len() + self.answered.len() >= TRACK_CAP
     }
 
-    /// When an outstanding ping's pong is overdue: a peer that reads and
-    /// sends but never answers pings can confirm nothing.
+    /// When the link is to be declared dead for want of a pong: the
+    /// tracking is full (writing waits for a pong) and the outstanding
+    /// ping has gone unanswered for heartbeat interval + timeout of
+    /// reading. A pong may lag far behind inbound data (a flood), which is
+    /// no fault; a peer that reads and sends but never answers pings can
+    /// confirm nothing, and would stall the link for good.
     fn pong_deadline(&self, cfg: &crate::config::Config) -> Option<Instant> {
         let wait = cfg.heartbeat_interval.saturating_add(cfg.heartbeat_timeout);
         self.ping
-            .filter(|_| !self.paused)
+            .filter(|_| !self.paused && self.tracking_full())
             .map(|_| crate::time::after(self.pong_wait_from, wait))
     }
 
@@ -458,6 +464,11 @@ impl Io {
         if self.ttl_next.is_none_or(|t| t > now) {
             return;
         }
+        self.expire_all(now);
+    }
+
+    /// [`expire`](Self::expire), looking at every queued message.
+    fn expire_all(&mut self, now: Instant) {
         let mut next: Option<Instant> = None;
         let mut expired = Vec::new();
         let mut keep = VecDeque::with_capacity(self.outbox.len());
@@ -1427,6 +1438,10 @@ impl Io {
                 message: None,
             });
         }
+        // Messages taken from the channel just now were not looked at: what
+        // has run out of time is expired (recorded in the journal below),
+        // not handed back or kept for the next start.
+        self.expire_all(Instant::now());
         // No sender can hold the journal now: wait for it.
         self.shared.journal_ack.store(self.acked, Ordering::Release);
         let shared = &self.shared;
