@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use tungstenite::Utf8Bytes;
 
+use crate::command::{Command, Item, ReplyTo, Waiter};
 use crate::config::Config;
 use crate::delivery::ReceiptCell;
 use crate::dispatch::{self, Registry, Topic};
@@ -28,123 +29,10 @@ use crate::{
     RequestOptions, SendOptions, Stats,
 };
 
-/// The whole handle → I/O thread vocabulary.
-pub(crate) enum Command {
-    /// A message for the outbox (a request if it carries a reply slot).
-    Send(Item),
-    /// A message from the `on_open` hook of connection `conn`: bypasses the outbox.
-    Login { conn: u64, item: Item },
-    /// The `on_open` hook of connection `conn` finished; `fatal`: it failed
-    /// on an [`Expect::or_fatal`] reply, so the link ends.
-    HookDone {
-        conn: u64,
-        result: Result<(), Error>,
-        fatal: bool,
-    },
-    /// Skip the backoff wait (or probe an open link now).
-    ReconnectNow,
-    /// Flush until `deadline`, close, report the unsent messages' texts
-    /// (after counting what may have been lost).
-    Close {
-        deadline: Instant,
-        done: Sender<Vec<Utf8Bytes>>,
-    },
-}
-
-/// One outbound message.
-pub(crate) struct Item {
-    pub(crate) text: Utf8Bytes,
-    /// Bytes counted in the outbox budget.
-    pub(crate) weight: usize,
-    /// Boxed: most messages are not requests, and items travel by value.
-    pub(crate) reply: Option<Box<ReplyTo>>,
-    /// At-least-once id, stamped in the text.
-    pub(crate) id: Option<u64>,
-    /// Drop it if not written by then.
-    pub(crate) expires: Option<Instant>,
-    /// Never buffered across a reconnect.
-    pub(crate) volatile: bool,
-    pub(crate) receipt: Option<Arc<ReceiptCell>>,
-    /// Written at least once already (a re-send is due).
-    pub(crate) written: bool,
-}
-
-impl Item {
-    pub(crate) fn new(text: impl Into<Utf8Bytes>) -> Self {
-        let text = text.into();
-        Item {
-            weight: text.len(),
-            text,
-            reply: None,
-            id: None,
-            expires: None,
-            volatile: false,
-            receipt: None,
-            written: false,
-        }
-    }
-}
-
-impl Item {
-    /// A message from freshly encoded text. The text is trimmed to its
-    /// length first: the buffer then converts to frame bytes without an
-    /// extra allocation, and the I/O thread frees one block, not two,
-    /// allocated by another thread (cross-thread frees contend on the
-    /// allocator's lock).
-    pub(crate) fn from_string(mut text: String) -> Self {
-        text.shrink_to_fit();
-        Item::new(text)
-    }
-}
-
-impl Weighed for Item {
-    fn weight(&self) -> usize {
-        self.weight
-    }
-}
-
-/// Where a request's answer goes.
-pub(crate) struct ReplyTo {
-    pub(crate) key: Key,
-    pub(crate) deadline: Instant,
-    pub(crate) waiter: Waiter,
-    pub(crate) idempotent: bool,
-}
-
-/// The caller waiting for a reply, and the operators that mean failure.
-pub(crate) struct Waiter {
-    pub(crate) tx: Sender<Result<Message, Error>>,
-    pub(crate) errors: Vec<String>,
-    /// An idempotent request's frame, to write again after a reconnect.
-    pub(crate) retry: Option<Retry>,
-    /// Index of the request's frame on its connection (set when written).
-    pub(crate) written_at: u64,
-}
-
-/// What it takes to send an idempotent request again.
-pub(crate) struct Retry {
-    pub(crate) text: Utf8Bytes,
-    pub(crate) key: Key,
-    pub(crate) deadline: Instant,
-}
-
 /// Assigns at-least-once ids, and journals messages when durable.
 pub(crate) struct Sequencer {
     pub(crate) next: u64,
     pub(crate) journal: Option<Journal>,
-}
-
-impl Waiter {
-    pub(crate) fn answer(self, r: Result<Message, Error>) {
-        // The caller may have given up; nothing to do then.
-        let _ = self.tx.try_send(r);
-    }
-}
-
-impl fmt::Debug for Waiter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Waiter")
-    }
 }
 
 /// State shared by handles, the I/O thread and the dispatcher.
@@ -154,8 +42,8 @@ pub(crate) struct Shared {
     pub(crate) poller: Arc<Poller>,
     /// The I/O thread is (about to be) parked in the poller.
     pub(crate) sleeping: AtomicBool,
-    pub(crate) budget: Budget,
-    pub(crate) counters: Counters,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) counters: Arc<Counters>,
     state: Mutex<LinkState>,
     state_changed: Condvar,
     pub(crate) last_error: Mutex<Option<Error>>,
@@ -936,8 +824,8 @@ impl Client {
             tx,
             poller: Arc::new(poller),
             sleeping: AtomicBool::new(false),
-            budget,
-            counters,
+            budget: Arc::new(budget),
+            counters: Arc::new(counters),
             state: Mutex::new(LinkState::Connecting { attempt: 0 }),
             state_changed: Condvar::new(),
             last_error: Mutex::new(None),

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crossbeam_channel::Receiver;
 
-use crate::client::{Command, Shared};
+use crate::client::Shared;
+use crate::command::Command;
 use crate::state::Counters;
 use crate::{Error, InvalidFrame, Link, LinkState, Message};
 

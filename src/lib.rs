@@ -196,6 +196,7 @@
 
 mod backoff;
 mod client;
+mod command;
 mod config;
 mod delivery;
 mod dispatch;
@@ -210,6 +211,7 @@ mod message;
 mod outbox;
 mod pending;
 mod proxy;
+mod session;
 mod stack;
 mod state;
 #[cfg(feature = "testkit")]

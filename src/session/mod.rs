@@ -1,0 +1,678 @@
+//! The link's rules, sans I/O: one [`Session`] per link.
+//!
+//! Everything that decides what happens on a link lives here: the phases
+//! and the `on_open` gate, liveness and backoff, the outbox and its budget,
+//! time to live, volatile messages, at-least-once ids, acknowledgements and
+//! re-sending, what counts as possibly lost, receipts, request matching,
+//! close and drain. None of it touches a socket, thread, channel, file or
+//! clock: the I/O thread (the driver) feeds it what happened, with `now`,
+//! and performs what it asks, as quinn-proto's `Connection` is driven:
+//!
+//! - inputs: [`handle_command`](Session::handle_command),
+//!   [`handle_connected`](Session::handle_connected),
+//!   [`handle_connect_failed`](Session::handle_connect_failed),
+//!   [`handle_frame`](Session::handle_frame),
+//!   [`handle_lost`](Session::handle_lost),
+//!   [`handle_timeout`](Session::handle_timeout);
+//! - outputs, drained in this order after every input: frames to write
+//!   ([`poll_transmit`](Session::poll_transmit), then
+//!   [`end_batch`](Session::end_batch)), what to do or hand out
+//!   ([`poll_output`](Session::poll_output)), and the next deadline
+//!   ([`poll_timeout`](Session::poll_timeout)).
+//!
+//! Counters (shared atomics) move as the session decides; receipts and
+//! answers are outputs, so whoever sees a final status sees it counted.
+
+mod conn;
+mod queue;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tungstenite::Utf8Bytes;
+
+use crate::backoff::{Backoff, BackoffPolicy, Next};
+use crate::command::{Command, Item, Waiter};
+use crate::config::Config;
+use crate::delivery::ReceiptCell;
+use crate::dispatch::Event;
+use crate::liveness::Verdict;
+use crate::outbox::Budget;
+use crate::state::Counters;
+use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
+use conn::ConnState;
+
+/// How long past its connect timeout an attempt may take to answer before
+/// it is given up (DNS has no timeout of its own).
+const ATTEMPT_GRACE: Duration = Duration::from_millis(500);
+
+/// The knobs the rules need, copied from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    /// Frame text and reply operator.
+    pub(crate) app_heartbeat: Option<(Utf8Bytes, String)>,
+    pub(crate) app_heartbeat_dispatch: bool,
+    pub(crate) backoff: BackoffPolicy,
+    pub(crate) retry_rejections: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) login_timeout: Duration,
+    pub(crate) on_open: bool,
+    pub(crate) overflow: Overflow,
+    pub(crate) operator_field: String,
+    pub(crate) error_suffix: String,
+    pub(crate) correlation_field: Option<String>,
+    /// At least once: the acknowledgement's operator and id field.
+    pub(crate) acks: Option<(String, String)>,
+    /// Durable: messages with ids stay in the journal at close.
+    pub(crate) durable: bool,
+}
+
+impl Rules {
+    pub(crate) fn from_config(cfg: &Config) -> Rules {
+        Rules {
+            heartbeat_interval: cfg.heartbeat_interval,
+            heartbeat_timeout: cfg.heartbeat_timeout,
+            app_heartbeat: cfg
+                .app_heartbeat
+                .as_ref()
+                .map(|(text, reply)| (Utf8Bytes::from(text.clone()), reply.clone())),
+            app_heartbeat_dispatch: cfg.app_heartbeat_dispatch,
+            backoff: cfg.backoff,
+            retry_rejections: cfg.retry_rejections,
+            connect_timeout: cfg.connect_timeout,
+            login_timeout: cfg.login_timeout,
+            on_open: cfg.on_open.is_some(),
+            overflow: cfg.overflow,
+            operator_field: cfg.operator_field.clone(),
+            error_suffix: cfg.error_suffix.clone(),
+            correlation_field: cfg.correlation_field.clone(),
+            acks: cfg
+                .at_least_once
+                .then(|| (cfg.ack_operator.clone(), cfg.msg_id_field.clone())),
+            durable: cfg.journal.is_some(),
+        }
+    }
+}
+
+/// The lifecycle. Each arm of [`Session::handle_timeout`] says what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// An attempt is to be started.
+    Connecting,
+    /// The driver runs an attempt; given up at `until`.
+    Dialing { until: Instant },
+    /// Connected; the `on_open` hook runs until it reports or `deadline`.
+    LoggingIn { deadline: Instant },
+    /// Usable; the outbox flows.
+    Open,
+    /// Waiting to retry.
+    Backoff { until: Instant },
+    /// Ended for good; waiting for `close` to collect what is left.
+    Ended,
+}
+
+/// A frame to write.
+#[derive(Debug)]
+pub(crate) enum Transmit {
+    /// A text frame: an application message (the one in flight) or the
+    /// app heartbeat.
+    Text(Utf8Bytes),
+    /// A WebSocket ping with this number as its payload.
+    Ping(u64),
+}
+
+/// How writing the last [`Transmit::Text`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// In the socket or its buffer (part of it, if the write then failed).
+    Yes,
+    /// More than the write buffer holds: never written.
+    TooLarge,
+}
+
+/// A frame that arrived.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Text(Utf8Bytes),
+    Binary(Vec<u8>),
+    /// Text that is not UTF-8.
+    NotUtf8,
+    Ping,
+    Pong(Vec<u8>),
+    /// The peer's Close, with its code.
+    Close(Option<u16>),
+}
+
+/// What the driver must do or hand out.
+pub(crate) enum Output {
+    /// Open a connection; the attempt ends by `deadline`.
+    Connect { deadline: Instant },
+    /// The attempt in flight is given up (its socket is dropped if it comes).
+    AbandonAttempt,
+    /// The connection is gone: drop the socket.
+    Disconnect,
+    /// Run the `on_open` hook for connection `conn`.
+    RunHook { conn: u64 },
+    /// For the subscribers.
+    Dispatch(Event),
+    /// A request's outcome, for its caller.
+    Answer(Waiter, Result<Message, Error>),
+    /// A receipt moves on.
+    Receipt(Arc<ReceiptCell>, Status),
+    /// The state the callers see.
+    State(LinkState),
+    /// This journaled message will never be sent.
+    JournalDrop(u64),
+    /// Why the last attempt failed, for `connect()`.
+    LastError(Error),
+    /// The link ended for good: refuse new messages.
+    Ended,
+}
+
+/// The rules of one link. See the module docs.
+pub(crate) struct Session {
+    rules: Rules,
+    budget: Arc<Budget>,
+    counters: Arc<Counters>,
+    phase: Phase,
+    backoff: Backoff,
+    conn: Option<ConnState>,
+    conn_ids: u64,
+    /// Accepted by `send`, not yet written (or to be written again).
+    outbox: VecDeque<Item>,
+    /// At-least-once messages written and not yet acknowledged, in id order.
+    unacked: VecDeque<Item>,
+    /// Messages of the `on_open` hook (and of a `Link` kept after it).
+    login: VecDeque<Item>,
+    /// Highest at-least-once id seen (acks beyond it are clamped).
+    highest_id: u64,
+    /// Highest id the server acknowledged.
+    acked: u64,
+    /// Earliest time to live of a queued message, if any.
+    ttl_next: Option<Instant>,
+    /// Volatile messages in the outbox.
+    volatile_queued: usize,
+    /// `close` was called: flush until this deadline.
+    closing: Option<Instant>,
+    /// Frames to write before any message: a probe's ping and heartbeat.
+    control: VecDeque<Transmit>,
+    /// The message [`poll_transmit`](Self::poll_transmit) handed out.
+    in_flight: Option<Item>,
+    /// This batch's writes, counted once at its end.
+    batch: Batch,
+    outputs: VecDeque<Output>,
+    shown: Option<LinkState>,
+    /// A reply went to a caller since the driver last asked.
+    answered: bool,
+}
+
+/// What one batch of writes adds up to.
+#[derive(Debug, Default)]
+struct Batch {
+    frames: u64,
+    bytes: u64,
+    resent: u64,
+    /// Room given back to the budget (count, bytes).
+    freed: (usize, usize),
+}
+
+impl Session {
+    /// A session with the messages recovered from a journal, which go first.
+    pub(crate) fn new(
+        rules: Rules,
+        budget: Arc<Budget>,
+        counters: Arc<Counters>,
+        recovered: Vec<Item>,
+    ) -> Session {
+        let highest_id = recovered.iter().filter_map(|i| i.id).max().unwrap_or(0);
+        // Recovered messages keep what was left of their time to live.
+        let ttl_next = recovered.iter().filter_map(|i| i.expires).min();
+        Session {
+            backoff: Backoff::new(rules.backoff),
+            rules,
+            budget,
+            counters,
+            phase: Phase::Connecting,
+            conn: None,
+            conn_ids: 0,
+            outbox: recovered.into(),
+            unacked: VecDeque::new(),
+            login: VecDeque::new(),
+            highest_id,
+            acked: 0,
+            ttl_next,
+            volatile_queued: 0,
+            closing: None,
+            control: VecDeque::new(),
+            in_flight: None,
+            batch: Batch::default(),
+            outputs: VecDeque::new(),
+            shown: None,
+            answered: false,
+        }
+    }
+
+    // ---- getters
+
+    /// The connection messages may be written to, if any.
+    pub(crate) fn conn_id(&self) -> Option<u64> {
+        self.conn.as_ref().map(|c| c.id)
+    }
+
+    /// Highest acknowledged id (for the journal).
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// A request waits for its reply on the connection.
+    pub(crate) fn awaiting_reply(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.pending.is_empty())
+    }
+
+    /// Everything written on the connection is confirmed by a pong (or
+    /// there is no connection): nothing more to wait for at close.
+    pub(crate) fn confirmed(&self) -> bool {
+        self.conn.as_ref().is_none_or(ConnState::ping_answered)
+    }
+
+    /// A reply went to a caller since the last call (it may ask again at once).
+    pub(crate) fn take_answered(&mut self) -> bool {
+        std::mem::take(&mut self.answered)
+    }
+
+    /// Whether an attempt is to be started now (the driver cannot wait).
+    pub(crate) fn wants_connect(&self) -> bool {
+        self.phase == Phase::Connecting && self.closing.is_none()
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has something now.
+    pub(crate) fn wants_write(&self) -> bool {
+        let Some(c) = &self.conn else {
+            return false;
+        };
+        !self.control.is_empty()
+            || (!c.tracking_full()
+                && (!self.login.is_empty()
+                    || (self.phase == Phase::Open && !self.outbox.is_empty())))
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must run next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let phase = match self.phase {
+            Phase::Backoff { until } | Phase::Dialing { until } => Some(until),
+            Phase::LoggingIn { deadline } => Some(deadline),
+            _ => None,
+        };
+        let live = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.next_deadline(&self.rules));
+        [phase, live, self.closing, self.ttl_next]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What to do or hand out next.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    // ---- inputs
+
+    /// A caller's command. `Close` comes as [`handle_close`](Self::handle_close).
+    pub(crate) fn handle_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Send(item) => self.enqueue(item),
+            Command::Login { conn, item } => {
+                let live = matches!(self.phase, Phase::LoggingIn { .. } | Phase::Open);
+                if live && self.conn_id() == Some(conn) {
+                    self.login.push_back(item);
+                } else {
+                    self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
+                }
+            }
+            Command::HookDone {
+                conn,
+                result,
+                fatal,
+            } => self.hook_done(now, conn, result, fatal),
+            Command::ReconnectNow => match self.phase {
+                Phase::Backoff { .. } => self.phase = Phase::Connecting,
+                Phase::Open | Phase::LoggingIn { .. } => {
+                    if let Some(c) = self.conn.as_mut() {
+                        c.live.on_resumed(now);
+                    }
+                }
+                Phase::Connecting | Phase::Dialing { .. } | Phase::Ended => {}
+            },
+            Command::Close { deadline, .. } => self.handle_close(deadline),
+        }
+    }
+
+    /// `close` was called: flush until `deadline`, then finish.
+    pub(crate) fn handle_close(&mut self, deadline: Instant) {
+        if self.closing.is_none() {
+            self.closing = Some(deadline);
+        }
+    }
+
+    fn hook_done(&mut self, now: Instant, conn: u64, result: Result<(), Error>, fatal: bool) {
+        let current = self.conn_id() == Some(conn);
+        let logging_in = current && matches!(self.phase, Phase::LoggingIn { .. });
+        // A fatal verdict stands even if its connection died meanwhile
+        // (servers often close right after a ban) and a retry has begun;
+        // not once a later login has succeeded.
+        let fatal_verdict = fatal || matches!(result, Err(Error::Fatal(_)));
+        let not_open = !matches!(self.phase, Phase::Open | Phase::Ended);
+        let ends_stale = fatal_verdict && not_open;
+        if !(logging_in || ends_stale) {
+            return;
+        }
+        match result {
+            Ok(()) => self.open(now),
+            Err(Error::Fatal(reason)) => {
+                log::warn!("longlink: on_open hook ended the link: {reason}");
+                self.end(
+                    now,
+                    CloseReason::Fatal(reason.clone()),
+                    Some(Error::Fatal(reason)),
+                );
+            }
+            Err(e) => {
+                let reason = format!("the on_open step failed: {}", e.describe_for_log());
+                let e = Error::on_open_failed(e);
+                if fatal {
+                    log::warn!("longlink: {reason} (or_fatal): the link ends");
+                    self.end(now, CloseReason::Fatal(reason), Some(e));
+                } else {
+                    self.outputs.push_back(Output::LastError(e));
+                    self.lost(now, reason);
+                }
+            }
+        }
+    }
+
+    /// Time has passed: phase deadlines, liveness, time to live.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+        match self.phase {
+            // The hook has run out of time: the attempt failed.
+            Phase::LoggingIn { deadline } if now >= deadline => {
+                return self.lost(now, "the on_open hook did not finish in time".into());
+            }
+            // Waited long enough: try again.
+            Phase::Backoff { until } if now >= until => self.phase = Phase::Connecting,
+            // The attempt did not answer in time (DNS has no timeout).
+            Phase::Dialing { until } if now >= until => {
+                log::warn!("longlink: the connect attempt did not finish in time");
+                self.outputs.push_back(Output::AbandonAttempt);
+                return self.handle_connect_failed(
+                    now,
+                    Error::Connect {
+                        context: "connecting".into(),
+                        source: "the attempt did not finish within the connect timeout".into(),
+                    },
+                );
+            }
+            _ => {}
+        }
+        if self.phase == Phase::Connecting && self.closing.is_none() {
+            // Never open a connection just to close it.
+            self.connect(now);
+        }
+        let Some(c) = self.conn.as_mut() else {
+            return;
+        };
+        match c.check(now, &self.rules) {
+            Ok(Verdict::Alive) => {}
+            Ok(Verdict::Probe) => self.probe(now),
+            Ok(Verdict::Dead) => {
+                let t = self.rules.heartbeat_timeout;
+                self.lost(
+                    now,
+                    format!("no frame from the server within {t:?} of a ping"),
+                );
+            }
+            Err(reason) => self.lost(now, reason),
+        }
+    }
+
+    /// The process was frozen: ask the peer now instead of declaring it dead.
+    pub(crate) fn handle_resumed(&mut self, now: Instant) {
+        if let Some(c) = self.conn.as_mut() {
+            c.live.on_resumed(now);
+        }
+    }
+
+    /// The driver stopped (`false`) or resumed (`true`) reading the socket:
+    /// the silence while it did not read says nothing about the peer.
+    pub(crate) fn handle_reading(&mut self, now: Instant, reading: bool) {
+        if let Some(c) = self.conn.as_mut() {
+            c.set_reading(now, reading);
+        }
+    }
+
+    fn connect(&mut self, now: Instant) {
+        self.set_state(LinkState::Connecting {
+            attempt: self.backoff.failures(),
+        });
+        let deadline = crate::time::after(now, self.rules.connect_timeout);
+        self.outputs.push_back(Output::Connect { deadline });
+        self.phase = Phase::Dialing {
+            until: crate::time::after(deadline, ATTEMPT_GRACE),
+        };
+    }
+
+    /// The attempt succeeded: the connection's number.
+    pub(crate) fn handle_connected(&mut self, now: Instant) -> u64 {
+        self.conn_ids += 1;
+        let id = self.conn_ids;
+        self.conn = Some(ConnState::new(id, now, &self.rules));
+        Counters::add(&self.counters.connects, 1);
+        if self.rules.on_open {
+            self.phase = Phase::LoggingIn {
+                deadline: crate::time::after(now, self.rules.login_timeout),
+            };
+            self.set_state(LinkState::LoggingIn);
+            self.outputs.push_back(Output::RunHook { conn: id });
+        } else {
+            self.open(now);
+        }
+        id
+    }
+
+    /// The attempt failed.
+    pub(crate) fn handle_connect_failed(&mut self, now: Instant, e: Error) {
+        Counters::add(&self.counters.connect_failures, 1);
+        let reason = e.describe();
+        if e.is_permanent(self.rules.retry_rejections) {
+            self.end(now, CloseReason::Fatal(reason), Some(e));
+        } else {
+            self.outputs.push_back(Output::LastError(e));
+            self.retry(now, reason);
+        }
+    }
+
+    /// The connection failed (read or write error, size limit, …).
+    pub(crate) fn handle_lost(&mut self, now: Instant, reason: String) {
+        if self.conn.is_some() {
+            self.lost(now, reason);
+        }
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.phase = Phase::Open;
+        self.backoff.on_up(now);
+        self.set_state(LinkState::Open);
+    }
+
+    /// Schedule the next attempt.
+    fn retry(&mut self, now: Instant, last_error: String) {
+        match self.backoff.on_down(now, fastrand::f64()) {
+            Next::Retry { delay, .. } if delay.is_zero() => self.phase = Phase::Connecting,
+            Next::Retry { attempt, delay } => {
+                log::info!("longlink: retrying in {delay:?} (attempt {attempt})");
+                self.phase = Phase::Backoff {
+                    until: crate::time::after(now, delay),
+                };
+                self.set_state(LinkState::Backoff { attempt, delay });
+            }
+            Next::GiveUp { attempts } => {
+                log::warn!("longlink: giving up after {attempts} failed attempts");
+                let e = Error::Fatal(format!("gave up after {attempts} attempts: {last_error}"));
+                self.end(
+                    now,
+                    CloseReason::GaveUp {
+                        attempts,
+                        last_error,
+                    },
+                    Some(e),
+                );
+            }
+        }
+    }
+
+    /// The connection is gone (or the attempt failed after the handshake).
+    fn lost(&mut self, now: Instant, reason: String) {
+        log::info!("longlink: link lost: {reason}");
+        self.bury(now, true);
+        for item in std::mem::take(&mut self.login) {
+            self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
+        }
+        if self.volatile_queued > 0 {
+            let (volatile, keep): (VecDeque<Item>, VecDeque<Item>) =
+                self.outbox.drain(..).partition(|i| i.volatile);
+            self.outbox = keep;
+            self.volatile_queued = 0;
+            for item in volatile {
+                self.budget.release(item.weight);
+                self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
+            }
+        }
+        self.retry(now, reason);
+    }
+
+    /// End for good: no more attempts. Queued sends stay for `close` to hand back.
+    fn end(&mut self, now: Instant, reason: CloseReason, err: Option<Error>) {
+        if matches!(self.phase, Phase::Dialing { .. }) {
+            self.outputs.push_back(Output::AbandonAttempt);
+        }
+        self.bury(now, false);
+        for item in std::mem::take(&mut self.login) {
+            self.fail_item(item, Failure::Closed, || Error::ConnectionLost);
+        }
+        let (requests, sends): (VecDeque<Item>, VecDeque<Item>) =
+            self.outbox.drain(..).partition(|i| i.reply.is_some());
+        self.outbox = sends;
+        for item in requests {
+            self.budget.release(item.weight);
+            self.fail_item(item, Failure::Closed, || Error::Closed { message: None });
+        }
+        self.outputs.push_back(Output::Ended);
+        if let Some(e) = err {
+            self.outputs.push_back(Output::LastError(e));
+        }
+        self.phase = Phase::Ended;
+        self.set_state(LinkState::Closed(reason));
+    }
+
+    fn set_state(&mut self, s: LinkState) {
+        if self.shown.as_ref() != Some(&s) {
+            log::debug!("longlink: state {s:?}");
+            self.shown = Some(s.clone());
+            self.outputs.push_back(Output::State(s));
+        }
+    }
+
+    /// Send a probe: a ping and, once open, the application heartbeat.
+    fn probe(&mut self, now: Instant) {
+        let Some(c) = self.conn.as_mut() else {
+            return;
+        };
+        let seq = c.ping_now(now);
+        self.control.push_back(Transmit::Ping(seq));
+        // While the on_open step runs, only its messages may go out: the
+        // ping proves liveness alone, the app heartbeat waits for Open.
+        if let Some((text, _)) = self.rules.app_heartbeat.as_ref()
+            && self.phase == Phase::Open
+        {
+            self.control.push_back(Transmit::Text(text.clone()));
+        }
+        c.live.on_probe_sent(now);
+        log::debug!("longlink: heartbeat probe sent");
+    }
+
+    // ---- close
+
+    /// Whether `close` can finish now: its deadline passed, or everything
+    /// it waits for has left (a login in progress is let finish).
+    pub(crate) fn close_ready(&self, now: Instant, flushed: bool) -> bool {
+        let Some(deadline) = self.closing else {
+            return false;
+        };
+        if now >= deadline {
+            return true;
+        }
+        match self.phase {
+            Phase::Open => {
+                self.outbox.is_empty()
+                    && self.unacked.is_empty()
+                    && self.login.is_empty()
+                    && self.control.is_empty()
+                    && flushed
+            }
+            Phase::LoggingIn { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// The ping to write before the Close frame: only its pong proves the
+    /// peer read what we wrote.
+    pub(crate) fn goodbye_ping(&mut self, now: Instant) -> Option<u64> {
+        self.conn.as_mut().map(|c| c.ping_now(now))
+    }
+
+    /// Close: bury the connection, answer and hand back what is left.
+    /// Returns the texts of the messages that never left, in order.
+    pub(crate) fn finish(&mut self, now: Instant) -> Vec<Utf8Bytes> {
+        self.bury(now, false);
+        for item in std::mem::take(&mut self.login) {
+            self.fail_item(item, Failure::Closed, || Error::Closed { message: None });
+        }
+        // What has run out of time is expired, not handed back or kept.
+        self.expire_all(now);
+        let mut unsent = Vec::new();
+        let mut kept = 0;
+        for item in std::mem::take(&mut self.outbox) {
+            self.budget.release(item.weight);
+            if let Some(r) = item.receipt {
+                self.outputs
+                    .push_back(Output::Receipt(r, Status::Failed(Failure::Closed)));
+            }
+            match item.reply {
+                Some(r) => self.outputs.push_back(Output::Answer(
+                    r.waiter,
+                    Err(Error::Closed { message: None }),
+                )),
+                // In the journal: sent after the next start, not handed back.
+                None if self.rules.durable && item.id.is_some() => kept += 1,
+                None => unsent.push(item.text),
+            }
+        }
+        if kept > 0 {
+            log::info!("longlink: closed; {kept} messages stay in the journal for the next start");
+        }
+        if !unsent.is_empty() {
+            log::warn!("longlink: closed with {} messages unsent", unsent.len());
+        }
+        if self.phase != Phase::Ended {
+            self.phase = Phase::Ended;
+            self.set_state(LinkState::Closed(CloseReason::Requested));
+        }
+        unsent
+    }
+}
