@@ -12,7 +12,7 @@ use tungstenite::Utf8Bytes;
 use crate::delivery::ReceiptCell;
 use crate::outbox::Weighed;
 use crate::pending::Key;
-use crate::{Error, Message};
+use crate::{Error, InvalidFrame, LinkState, Message};
 
 /// The whole handle → I/O thread vocabulary.
 pub(crate) enum Command {
@@ -125,4 +125,13 @@ impl fmt::Debug for Waiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Waiter")
     }
+}
+
+/// What the I/O thread hands to the dispatcher.
+pub(crate) enum Event {
+    Message(Message),
+    Invalid(InvalidFrame),
+    State(LinkState),
+    Hook { conn: u64 },
+    Stop,
 }

@@ -11,20 +11,16 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crossbeam_channel::Receiver;
 
-use crate::client::Shared;
-use crate::command::Command;
+use crate::command::Event;
 use crate::state::Counters;
-use crate::{Error, InvalidFrame, Link, LinkState, Message};
+use crate::{InvalidFrame, LinkState, Message};
 
 type Handler<T> = Arc<Mutex<Box<dyn FnMut(&T) + Send>>>;
 
-/// What the I/O thread hands to the dispatcher.
-pub(crate) enum Event {
-    Message(Message),
-    Invalid(InvalidFrame),
-    State(LinkState),
-    Hook { conn: u64 },
-    Stop,
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
 }
 
 #[derive(Default)]
@@ -130,16 +126,23 @@ pub(crate) fn call<T>(h: &Handler<T>, arg: &T, counters: &Counters, what: &str) 
     }
 }
 
-/// The dispatcher thread's loop.
-pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Event>) {
-    let registry = shared.registry.clone();
+/// The dispatcher thread's loop. `done`: one message or invalid frame is
+/// handled (the I/O thread may read again); `hook`: run the `on_open` hook
+/// for this connection.
+pub(crate) fn run(
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    rx: Receiver<Event>,
+    done: impl Fn(),
+    hook: impl Fn(u64),
+) {
     for event in rx.iter() {
         match event {
             Event::Message(m) => {
                 for h in registry.for_message(m.operator()) {
-                    call(&h, &m, &shared.counters, "message");
+                    call(&h, &m, &counters, "message");
                 }
-                shared.dispatch_done();
+                done();
             }
             Event::Invalid(f) => {
                 let handlers: Vec<_> = registry
@@ -149,9 +152,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Event>) {
                     .map(|(_, h)| h.clone())
                     .collect();
                 for h in handlers {
-                    call(&h, &f, &shared.counters, "invalid-frame");
+                    call(&h, &f, &counters, "invalid-frame");
                 }
-                shared.dispatch_done();
+                done();
             }
             Event::State(s) => {
                 let handlers: Vec<_> = registry
@@ -161,37 +164,10 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Event>) {
                     .map(|(_, h)| h.clone())
                     .collect();
                 for h in handlers {
-                    call(&h, &s, &shared.counters, "state");
+                    call(&h, &s, &counters, "state");
                 }
             }
-            Event::Hook { conn } => {
-                let Some(hook) = shared.cfg.on_open.clone() else {
-                    continue;
-                };
-                let link = Link::new(shared.clone(), conn);
-                let result = match catch_unwind(AssertUnwindSafe(|| {
-                    let _in_hook = link.enter_hook();
-                    hook(&link)
-                })) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        Counters::add(&shared.counters.handler_panics, 1);
-                        Err(Error::Connect {
-                            context: "the on_open hook panicked".into(),
-                            source: "panic".into(),
-                        })
-                    }
-                };
-                // A plain `?` on an `or_fatal` reply: the hook failed on it.
-                let fatal = crate::client::take_fatal_reply().is_some_and(|op| {
-                    matches!(&result, Err(e) if e.remote().is_some_and(|m| m.operator() == op))
-                });
-                shared.command(Command::HookDone {
-                    conn,
-                    result,
-                    fatal,
-                });
-            }
+            Event::Hook { conn } => hook(conn),
             Event::Stop => break,
         }
     }

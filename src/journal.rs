@@ -162,7 +162,7 @@ impl Journal {
         };
         if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
             // New, or a crash while creating it.
-            j.run = crate::client::new_run();
+            j.run = crate::sequence::new_run();
             j.file.set_len(0)?;
             j.file.write_all(MAGIC)?;
             j.file.write_all(&record(RUN, j.run, &[]))?;
@@ -215,7 +215,7 @@ impl Journal {
         }
         let has_run = j.run != 0;
         if !has_run {
-            j.run = crate::client::new_run();
+            j.run = crate::sequence::new_run();
         }
         if v1 {
             j.compact().map_err(|e| {

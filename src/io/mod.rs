@@ -21,11 +21,10 @@ use polling::Events;
 use tungstenite::Message as Frame;
 use tungstenite::Utf8Bytes;
 
-use crate::client::Shared;
-use crate::command::{Command, Item};
+use crate::command::{Command, Event, Item};
 use crate::config::redact_url;
-use crate::dispatch::Event;
 use crate::session::{Inbound, Output, Rules, Session, Transmit, Written};
+use crate::shared::Shared;
 use crate::{Error, InvalidFrame};
 use socket::{Socket, would_block};
 use transport::Ws;

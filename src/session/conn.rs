@@ -9,9 +9,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{Inbound, Output, Rules, Session};
-use crate::command::{Item, ReplyTo, Retry, Waiter};
+use crate::command::{Event, Item, ReplyTo, Retry, Waiter};
 use crate::delivery::ReceiptCell;
-use crate::dispatch::Event;
 use crate::liveness::{Liveness, Verdict};
 use crate::message::decode;
 use crate::pending::{Matched, Pending};

@@ -33,10 +33,9 @@ use std::time::{Duration, Instant};
 use tungstenite::Utf8Bytes;
 
 use crate::backoff::{Backoff, BackoffPolicy, Next};
-use crate::command::{Command, Item, Waiter};
+use crate::command::{Command, Event, Item, Waiter};
 use crate::config::Config;
 use crate::delivery::ReceiptCell;
-use crate::dispatch::Event;
 use crate::liveness::Verdict;
 use crate::outbox::Budget;
 use crate::state::Counters;
