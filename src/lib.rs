@@ -209,12 +209,12 @@ mod liveness;
 mod message;
 mod outbox;
 mod pending;
-mod proxy;
 mod stack;
 mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod time;
+mod tunnel;
 
 pub use client::{Client, Expect, Link, Subscription, WeakClient};
 pub use config::ClientBuilder;

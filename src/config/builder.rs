@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{ClientBuilder, Config};
 use crate::backoff::BackoffPolicy;
-use crate::proxy::Proxy;
+use crate::tunnel::HttpProxy;
 use crate::{Client, Error, JournalSync, Link, Overflow};
 
 impl ClientBuilder {
@@ -380,7 +380,7 @@ impl ClientBuilder {
     /// port. The credentials never appear in logs or `Debug`. Overrides
     /// [`proxy_from_env`](Self::proxy_from_env). Defaults to none.
     pub fn proxy(mut self, url: &str) -> Self {
-        match Proxy::parse(url) {
+        match HttpProxy::parse(url) {
             Ok(p) => self.cfg.proxy = Some(p),
             Err(e) => self.problems.push(format!("proxy: {e}")),
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::BackoffPolicy;
-use crate::proxy::Proxy;
+use crate::tunnel::HttpProxy;
 use crate::{Error, JournalSync, Link, Overflow};
 
 pub(crate) use url::redact_url;
@@ -61,7 +61,7 @@ pub(crate) struct Config {
     pub(crate) tls_roots: Vec<native_tls::Certificate>,
     pub(crate) accept_invalid_certs: bool,
     /// The CONNECT proxy, explicit or (after `validate`) from the environment.
-    pub(crate) proxy: Option<Proxy>,
+    pub(crate) proxy: Option<HttpProxy>,
     pub(crate) proxy_from_env: bool,
 }
 

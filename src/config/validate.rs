@@ -4,7 +4,7 @@
 use super::url::check_url;
 use super::{ClientBuilder, Config};
 use crate::Error;
-use crate::proxy::Proxy;
+use crate::tunnel::HttpProxy;
 
 impl ClientBuilder {
     pub(super) fn validate(mut self) -> Result<Config, Error> {
@@ -19,7 +19,7 @@ impl ClientBuilder {
                 {
                     let tls = u.scheme_str() == Some("wss");
                     let host = u.host().unwrap_or_default();
-                    match Proxy::from_env(tls, host, |k| std::env::var(k).ok()) {
+                    match HttpProxy::from_env(tls, host, |k| std::env::var(k).ok()) {
                         Ok(p) => from_env = p,
                         Err(e) => self
                             .problems
