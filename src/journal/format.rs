@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub(super) const MAGIC: &[u8; 16] = b"longlink-jrnl-2\n";
 /// Version 1: no record kind with a deadline. Read, then rewritten as version 2.
 pub(super) const MAGIC_V1: &[u8; 16] = b"longlink-jrnl-1\n";
-pub(super) const HEADER: usize = 8;
-pub(super) const BODY_MIN: usize = 9;
+const HEADER: usize = 8;
+const BODY_MIN: usize = 9;
 /// Larger than any message we would write: a length beyond it is corruption.
-pub(super) const RECORD_MAX: usize = 1 << 30;
+const RECORD_MAX: usize = 1 << 30;
 
 pub(super) const MSG: u8 = 1;
 /// Every id up to this one is acknowledged.
@@ -23,7 +23,7 @@ pub(super) const BASE: u8 = 4;
 pub(super) const MSG_TTL: u8 = 5;
 /// The at-least-once run of this journal's messages (the id field holds it).
 pub(super) const RUN: u8 = 6;
-pub(super) const DEADLINE: usize = 8;
+const DEADLINE: usize = 8;
 
 pub(super) fn record(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::with_capacity(BODY_MIN + payload.len());
@@ -56,7 +56,7 @@ pub(super) fn ttl_payload(deadline: SystemTime, text: &str) -> Vec<u8> {
 }
 
 /// Microseconds since the Unix epoch (0 before it).
-pub(super) fn to_micros(t: SystemTime) -> u64 {
+fn to_micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
@@ -125,7 +125,7 @@ pub(super) fn parse(bytes: &[u8]) -> (Vec<Record<'_>>, usize, Option<String>) {
 }
 
 /// CRC-32 (IEEE 802.3), table-driven.
-pub(super) fn crc32(data: &[u8]) -> u32 {
+fn crc32(data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut t = [0u32; 256];
         let mut i = 0;
