@@ -212,7 +212,6 @@ mod message;
 mod outbox;
 mod owner;
 mod pending;
-mod proxy;
 mod send;
 mod sequence;
 mod session;
@@ -222,6 +221,7 @@ mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod time;
+mod tunnel;
 
 pub use client::{Client, Expect, Subscription, WeakClient};
 pub use config::ClientBuilder;

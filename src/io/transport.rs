@@ -14,7 +14,7 @@ use tungstenite::stream::MaybeTlsStream;
 
 use crate::Error;
 use crate::config::{Config, redact_url};
-use crate::proxy::{Proxy, TunnelError, connect_tunnel};
+use crate::tunnel::{HttpProxy, TunnelError, connect_tunnel};
 
 pub(crate) type Ws = WebSocket<MaybeTlsStream<Stream>>;
 
@@ -247,7 +247,7 @@ pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
 /// `CONNECT host:port` through the proxy on `stream`.
 fn tunnel(
     stream: &mut Stream,
-    proxy: &Proxy,
+    proxy: &HttpProxy,
     host: &str,
     port: u16,
     dialled: &str,

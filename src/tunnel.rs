@@ -1,13 +1,14 @@
-//! HTTP CONNECT proxies: which proxy (explicit, or from the environment's
-//! `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` when asked),
-//! and the tunnel handshake. Parsing and selection are pure.
+//! Tunnels through HTTP CONNECT proxies ([`HttpProxy`]): which proxy
+//! (explicit, or from the environment's `HTTPS_PROXY` / `HTTP_PROXY` /
+//! `ALL_PROXY` and `NO_PROXY` when asked), and the tunnel handshake.
+//! Parsing and selection are pure.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 
 /// An HTTP proxy reached with `CONNECT`.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Proxy {
+pub(crate) struct HttpProxy {
     pub(crate) host: String,
     pub(crate) port: u16,
     /// User and password for `Proxy-Authorization: Basic`.
@@ -15,7 +16,7 @@ pub(crate) struct Proxy {
 }
 
 /// Never shows the credentials.
-impl fmt::Debug for Proxy {
+impl fmt::Debug for HttpProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "http://")?;
         if self.auth.is_some() {
@@ -25,10 +26,10 @@ impl fmt::Debug for Proxy {
     }
 }
 
-impl Proxy {
+impl HttpProxy {
     /// `http://[user[:password]@]host[:port][/]`; the port defaults to 80.
     /// User and password may be percent-encoded.
-    pub(crate) fn parse(url: &str) -> Result<Proxy, String> {
+    pub(crate) fn parse(url: &str) -> Result<HttpProxy, String> {
         let rest = match url.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
             Some((scheme, _)) => {
@@ -54,7 +55,7 @@ impl Proxy {
         if host.is_empty() {
             return Err("the proxy URL has no host".into());
         }
-        Ok(Proxy {
+        Ok(HttpProxy {
             host: host.to_owned(),
             port: port.unwrap_or(80),
             auth,
@@ -67,7 +68,7 @@ impl Proxy {
         tls: bool,
         target_host: &str,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<Proxy>, String> {
+    ) -> Result<Option<HttpProxy>, String> {
         let var = |name: &str| {
             env(name)
                 .or_else(|| env(&name.to_ascii_lowercase()))
@@ -85,7 +86,7 @@ impl Proxy {
         if var("NO_PROXY").is_some_and(|list| no_proxy_matches(&list, target_host)) {
             return Ok(None);
         }
-        Proxy::parse(url.trim()).map(Some)
+        HttpProxy::parse(url.trim()).map(Some)
     }
 }
 
@@ -190,7 +191,7 @@ pub(crate) enum TunnelError {
 /// after the proxy's header is taken from the tunnel.
 pub(crate) fn connect_tunnel(
     stream: &mut (impl Read + Write),
-    proxy: &Proxy,
+    proxy: &HttpProxy,
     host: &str,
     port: u16,
 ) -> Result<(), TunnelError> {
@@ -254,22 +255,22 @@ mod tests {
 
     #[test]
     fn proxy_urls_parse_with_and_without_credentials() {
-        let p = Proxy::parse("http://proxy.lan:3128").unwrap();
+        let p = HttpProxy::parse("http://proxy.lan:3128").unwrap();
         assert_eq!((p.host.as_str(), p.port, p.auth), ("proxy.lan", 3128, None));
-        let p = Proxy::parse("http://al%40ice:s3:cr3t@10.0.0.1/").unwrap();
+        let p = HttpProxy::parse("http://al%40ice:s3:cr3t@10.0.0.1/").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("10.0.0.1", 80));
         assert_eq!(p.auth, Some(("al@ice".into(), "s3:cr3t".into())));
         assert_eq!(format!("{p:?}"), "http://<credentials>@10.0.0.1:80");
-        let p = Proxy::parse("[::1]:8080").unwrap();
+        let p = HttpProxy::parse("[::1]:8080").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("::1", 8080));
         assert!(
-            Proxy::parse("socks5://h:1")
+            HttpProxy::parse("socks5://h:1")
                 .unwrap_err()
                 .contains("not supported")
         );
-        assert!(Proxy::parse("http://h:port").is_err());
-        assert!(Proxy::parse("http://h:1/path").is_err());
-        assert!(Proxy::parse("http://").is_err());
+        assert!(HttpProxy::parse("http://h:port").is_err());
+        assert!(HttpProxy::parse("http://h:1/path").is_err());
+        assert!(HttpProxy::parse("http://").is_err());
     }
 
     #[test]
@@ -309,14 +310,20 @@ mod tests {
             }
         };
         let e = env(&[("HTTPS_PROXY", "http://s:1"), ("http_proxy", "http://p:2")]);
-        assert_eq!(Proxy::from_env(true, "h", e).unwrap().unwrap().host, "s");
-        assert_eq!(Proxy::from_env(false, "h", e).unwrap().unwrap().host, "p");
+        assert_eq!(
+            HttpProxy::from_env(true, "h", e).unwrap().unwrap().host,
+            "s"
+        );
+        assert_eq!(
+            HttpProxy::from_env(false, "h", e).unwrap().unwrap().host,
+            "p"
+        );
         let e = env(&[("ALL_PROXY", "http://a:3"), ("NO_PROXY", "h,.lan")]);
-        assert_eq!(Proxy::from_env(true, "x", e).unwrap().unwrap().port, 3);
-        assert_eq!(Proxy::from_env(true, "h", e).unwrap(), None);
-        assert_eq!(Proxy::from_env(false, "srv.lan", e).unwrap(), None);
-        assert_eq!(Proxy::from_env(true, "h", env(&[])).unwrap(), None);
-        assert!(Proxy::from_env(true, "h", env(&[("HTTPS_PROXY", "ftp://x")])).is_err());
+        assert_eq!(HttpProxy::from_env(true, "x", e).unwrap().unwrap().port, 3);
+        assert_eq!(HttpProxy::from_env(true, "h", e).unwrap(), None);
+        assert_eq!(HttpProxy::from_env(false, "srv.lan", e).unwrap(), None);
+        assert_eq!(HttpProxy::from_env(true, "h", env(&[])).unwrap(), None);
+        assert!(HttpProxy::from_env(true, "h", env(&[("HTTPS_PROXY", "ftp://x")])).is_err());
     }
 
     #[test]

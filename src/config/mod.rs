@@ -1,0 +1,137 @@
+//! Configuration and the builder. Every setter says what it defaults to.
+//!
+//! Where to look: [`Config`] (what the threads read) and [`ClientBuilder`]
+//! are here; [`builder`] holds the defaults and every setter, [`validate`]
+//! checks the whole configuration once, [`url`] checks and redacts URLs.
+
+mod builder;
+mod url;
+mod validate;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backoff::BackoffPolicy;
+use crate::tunnel::HttpProxy;
+use crate::{Error, JournalSync, Link, Overflow};
+
+pub(crate) use url::redact_url;
+
+/// The re-login hook: runs after every handshake, before the outbox flush.
+pub(crate) type OpenHook = dyn Fn(&Link) -> Result<(), Error> + Send + Sync;
+/// Headers produced at every connect.
+pub(crate) type HeaderFn = dyn Fn() -> Vec<(String, String)> + Send + Sync;
+
+/// Everything the threads need to know, fixed at build time.
+pub(crate) struct Config {
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) header_fn: Option<Arc<HeaderFn>>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    /// Frame text and reply operator.
+    pub(crate) app_heartbeat: Option<(String, String)>,
+    pub(crate) app_heartbeat_dispatch: bool,
+    pub(crate) backoff: BackoffPolicy,
+    pub(crate) retry_rejections: bool,
+    pub(crate) outbox_capacity: usize,
+    pub(crate) outbox_max_bytes: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) on_open: Option<Arc<OpenHook>>,
+    pub(crate) login_timeout: Duration,
+    pub(crate) operator_field: String,
+    pub(crate) reply_suffix: String,
+    pub(crate) error_suffix: String,
+    pub(crate) correlation_field: Option<String>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) dispatch_capacity: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) drop_close_timeout: Duration,
+    pub(crate) at_least_once: bool,
+    pub(crate) ack_operator: String,
+    pub(crate) msg_id_field: String,
+    pub(crate) msg_run_field: String,
+    pub(crate) journal: Option<PathBuf>,
+    pub(crate) journal_sync: JournalSync,
+    #[cfg(feature = "native-tls")]
+    pub(crate) tls_roots: Vec<native_tls::Certificate>,
+    pub(crate) accept_invalid_certs: bool,
+    /// The CONNECT proxy, explicit or (after `validate`) from the environment.
+    pub(crate) proxy: Option<HttpProxy>,
+    pub(crate) proxy_from_env: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &redact_url(&self.url))
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| (k.as_str(), "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .field("header_fn", &self.header_fn.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field(
+                "app_heartbeat",
+                &self.app_heartbeat.as_ref().map(|(_, reply)| reply),
+            )
+            .field("backoff", &self.backoff)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("outbox_max_bytes", &self.outbox_max_bytes)
+            .field("overflow", &self.overflow)
+            .field("on_open", &self.on_open.is_some())
+            .field("operator_field", &self.operator_field)
+            .field("correlation_field", &self.correlation_field)
+            .field("at_least_once", &self.at_least_once)
+            .field("journal", &self.journal)
+            .field("journal_sync", &self.journal_sync)
+            .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .field("proxy", &self.proxy)
+            .field("proxy_from_env", &self.proxy_from_env)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Client`](crate::Client). Start with
+/// [`Client::builder`](crate::Client::builder).
+///
+/// Setters never fail; [`connect`](Self::connect) and [`start`](Self::start)
+/// validate everything once, before any connection, and return
+/// [`Error::InvalidConfig`]. The URL must be `ws://` or `wss://` (in any
+/// case: `WSS://` works), name a host, and have a port in 1..=65535 if it
+/// gives one; errors show it as given, without its query or user info.
+pub struct ClientBuilder {
+    cfg: Config,
+    problems: Vec<String>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.cfg)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_header_values() {
+        let b = ClientBuilder::new("ws://h/?t=s3cret").header("Authorization", "Bearer s3cret");
+        let text = format!("{b:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("Authorization"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Checking the whole configuration once, before any connection: every
+//! problem is reported together.
+
+use super::url::check_url;
+use super::{ClientBuilder, Config};
+use crate::Error;
+use crate::tunnel::HttpProxy;
+
+impl ClientBuilder {
+    pub(super) fn validate(mut self) -> Result<Config, Error> {
+        let mut from_env = None;
+        let mut url = None;
+        let c = &self.cfg;
+        match check_url(&c.url) {
+            Ok(checked) => {
+                if c.proxy.is_none()
+                    && c.proxy_from_env
+                    && let Ok(u) = checked.parse::<tungstenite::http::Uri>()
+                {
+                    let tls = u.scheme_str() == Some("wss");
+                    let host = u.host().unwrap_or_default();
+                    match HttpProxy::from_env(tls, host, |k| std::env::var(k).ok()) {
+                        Ok(p) => from_env = p,
+                        Err(e) => self
+                            .problems
+                            .push(format!("proxy from the environment: {e}")),
+                    }
+                }
+                url = Some(checked);
+            }
+            Err(problem) => self.problems.push(problem),
+        }
+        for (name, d) in [
+            ("connect_timeout", c.connect_timeout),
+            ("heartbeat_interval", c.heartbeat_interval),
+            ("heartbeat_timeout", c.heartbeat_timeout),
+            ("login_timeout", c.login_timeout),
+            ("request_timeout", c.request_timeout),
+        ] {
+            if d.is_zero() {
+                self.problems
+                    .push(format!("{name} must be greater than zero"));
+            }
+        }
+        if c.backoff.max_attempts == Some(0) {
+            self.problems
+                .push("reconnect_max_attempts must be at least 1".into());
+        }
+        if c.backoff.min > c.backoff.max {
+            self.problems
+                .push("reconnect_min_delay must not exceed reconnect_max_delay".into());
+        }
+        for (name, n) in [
+            ("outbox_capacity", c.outbox_capacity),
+            ("outbox_max_bytes", c.outbox_max_bytes),
+            ("dispatch_capacity", c.dispatch_capacity),
+            ("max_message_size", c.max_message_size),
+            ("read_buffer_size", c.read_buffer_size),
+        ] {
+            if n == 0 {
+                self.problems
+                    .push(format!("{name} must be greater than zero"));
+            }
+        }
+        if c.operator_field.is_empty() {
+            self.problems
+                .push("operator_field must not be empty".into());
+        }
+        if let Some(f) = &c.correlation_field
+            && (f.is_empty() || *f == c.operator_field)
+        {
+            self.problems
+                .push("correlation_field must be a non-empty field other than the operator".into());
+        }
+        if c.at_least_once {
+            let f = &c.msg_id_field;
+            if f.is_empty() || *f == c.operator_field || c.correlation_field.as_ref() == Some(f) {
+                self.problems.push(
+                    "message_id_field must be a non-empty field other than the operator and correlation fields".into(),
+                );
+            }
+            let r = &c.msg_run_field;
+            if r.is_empty()
+                || r == f
+                || *r == c.operator_field
+                || c.correlation_field.as_ref() == Some(r)
+            {
+                self.problems.push(
+                    "message_run_field must be a non-empty field other than the operator, correlation and message id fields".into(),
+                );
+            }
+            if c.ack_operator.is_empty() {
+                self.problems.push("ack_operator must not be empty".into());
+            }
+        }
+        if from_env.is_some() {
+            self.cfg.proxy = from_env;
+        }
+        // Every connect uses the checked, normalised URL.
+        if let Some(url) = url {
+            self.cfg.url = url;
+        }
+        if self.problems.is_empty() {
+            Ok(self.cfg)
+        } else {
+            Err(Error::InvalidConfig(self.problems.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_builder_keeps_the_normalised_url() {
+        let cfg = ClientBuilder::new("WSS://h.example/ws").validate().unwrap();
+        assert_eq!(cfg.url, "wss://h.example/ws");
+        let e = ClientBuilder::new("ws://127.0.0.1:99999")
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidConfig(w) if w.contains("ws://127.0.0.1:99999")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn builder_reports_every_problem_at_once() {
+        let err = ClientBuilder::new("http://x")
+            .heartbeat_interval(Duration::ZERO)
+            .outbox_capacity(0)
+            .validate()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ws://"), "{text}");
+        assert!(text.contains("heartbeat_interval"), "{text}");
+        assert!(text.contains("outbox_capacity"), "{text}");
+    }
+
+    #[test]
+    fn a_run_field_clashing_with_another_field_is_refused() {
+        for field in ["", "msgId", "Operator", "reqId"] {
+            let err = ClientBuilder::new("ws://x")
+                .at_least_once(true)
+                .correlation_field("reqId")
+                .message_run_field(field)
+                .validate()
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("message_run_field"),
+                "{field}: {err}"
+            );
+        }
+    }
+}
