@@ -24,6 +24,7 @@
 //! answers are outputs, so whoever sees a final status sees it counted.
 
 mod conn;
+mod inspect;
 mod queue;
 
 use std::collections::VecDeque;
