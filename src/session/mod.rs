@@ -23,8 +23,10 @@
 //! Counters (shared atomics) move as the session decides; receipts and
 //! answers are outputs, so whoever sees a final status sees it counted.
 
+mod close;
 mod conn;
 mod inspect;
+mod lifecycle;
 mod queue;
 
 use std::collections::VecDeque;
@@ -33,14 +35,14 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Utf8Bytes;
 
-use crate::backoff::{Backoff, BackoffPolicy, Next};
+use crate::backoff::{Backoff, BackoffPolicy};
 use crate::command::{Command, Event, Item, Waiter};
 use crate::config::Config;
 use crate::delivery::ReceiptCell;
 use crate::liveness::Verdict;
 use crate::outbox::Budget;
 use crate::state::Counters;
-use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
+use crate::{Error, Failure, LinkState, Message, Overflow, Status};
 use conn::ConnState;
 
 /// How long past its connect timeout an attempt may take to answer before
@@ -360,42 +362,6 @@ impl Session {
         }
     }
 
-    fn hook_done(&mut self, now: Instant, conn: u64, result: Result<(), Error>, fatal: bool) {
-        let current = self.conn_id() == Some(conn);
-        let logging_in = current && matches!(self.phase, Phase::LoggingIn { .. });
-        // A fatal verdict stands even if its connection died meanwhile
-        // (servers often close right after a ban) and a retry has begun;
-        // not once a later login has succeeded.
-        let fatal_verdict = fatal || matches!(result, Err(Error::Fatal(_)));
-        let not_open = !matches!(self.phase, Phase::Open | Phase::Ended);
-        let ends_stale = fatal_verdict && not_open;
-        if !(logging_in || ends_stale) {
-            return;
-        }
-        match result {
-            Ok(()) => self.open(now),
-            Err(Error::Fatal(reason)) => {
-                log::warn!("longlink: on_open hook ended the link: {reason}");
-                self.end(
-                    now,
-                    CloseReason::Fatal(reason.clone()),
-                    Some(Error::Fatal(reason)),
-                );
-            }
-            Err(e) => {
-                let reason = format!("the on_open step failed: {}", e.describe_for_log());
-                let e = Error::on_open_failed(e);
-                if fatal {
-                    log::warn!("longlink: {reason} (or_fatal): the link ends");
-                    self.end(now, CloseReason::Fatal(reason), Some(e));
-                } else {
-                    self.outputs.push_back(Output::LastError(e));
-                    self.lost(now, reason);
-                }
-            }
-        }
-    }
-
     /// Time has passed: phase deadlines, liveness, time to live.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.expire(now);
@@ -456,130 +422,6 @@ impl Session {
         }
     }
 
-    fn connect(&mut self, now: Instant) {
-        self.set_state(LinkState::Connecting {
-            attempt: self.backoff.failures(),
-        });
-        let deadline = crate::time::after(now, self.rules.connect_timeout);
-        self.outputs.push_back(Output::Connect { deadline });
-        self.phase = Phase::Dialing {
-            until: crate::time::after(deadline, ATTEMPT_GRACE),
-        };
-    }
-
-    /// The attempt succeeded: the connection's number.
-    pub(crate) fn handle_connected(&mut self, now: Instant) -> u64 {
-        self.conn_ids += 1;
-        let id = self.conn_ids;
-        self.conn = Some(ConnState::new(id, now, &self.rules));
-        Counters::add(&self.counters.connects, 1);
-        if self.rules.on_open {
-            self.phase = Phase::LoggingIn {
-                deadline: crate::time::after(now, self.rules.login_timeout),
-            };
-            self.set_state(LinkState::LoggingIn);
-            self.outputs.push_back(Output::RunHook { conn: id });
-        } else {
-            self.open(now);
-        }
-        id
-    }
-
-    /// The attempt failed.
-    pub(crate) fn handle_connect_failed(&mut self, now: Instant, e: Error) {
-        Counters::add(&self.counters.connect_failures, 1);
-        let reason = e.describe();
-        if e.is_permanent(self.rules.retry_rejections) {
-            self.end(now, CloseReason::Fatal(reason), Some(e));
-        } else {
-            self.outputs.push_back(Output::LastError(e));
-            self.retry(now, reason);
-        }
-    }
-
-    /// The connection failed (read or write error, size limit, …).
-    pub(crate) fn handle_lost(&mut self, now: Instant, reason: String) {
-        if self.conn.is_some() {
-            self.lost(now, reason);
-        }
-    }
-
-    fn open(&mut self, now: Instant) {
-        self.phase = Phase::Open;
-        self.backoff.on_up(now);
-        self.set_state(LinkState::Open);
-    }
-
-    /// Schedule the next attempt.
-    fn retry(&mut self, now: Instant, last_error: String) {
-        match self.backoff.on_down(now, fastrand::f64()) {
-            Next::Retry { delay, .. } if delay.is_zero() => self.phase = Phase::Connecting,
-            Next::Retry { attempt, delay } => {
-                log::info!("longlink: retrying in {delay:?} (attempt {attempt})");
-                self.phase = Phase::Backoff {
-                    until: crate::time::after(now, delay),
-                };
-                self.set_state(LinkState::Backoff { attempt, delay });
-            }
-            Next::GiveUp { attempts } => {
-                log::warn!("longlink: giving up after {attempts} failed attempts");
-                let e = Error::Fatal(format!("gave up after {attempts} attempts: {last_error}"));
-                self.end(
-                    now,
-                    CloseReason::GaveUp {
-                        attempts,
-                        last_error,
-                    },
-                    Some(e),
-                );
-            }
-        }
-    }
-
-    /// The connection is gone (or the attempt failed after the handshake).
-    fn lost(&mut self, now: Instant, reason: String) {
-        log::info!("longlink: link lost: {reason}");
-        self.bury(now, true);
-        for item in std::mem::take(&mut self.login) {
-            self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
-        }
-        if self.volatile_queued > 0 {
-            let (volatile, keep): (VecDeque<Item>, VecDeque<Item>) =
-                self.outbox.drain(..).partition(|i| i.volatile);
-            self.outbox = keep;
-            self.volatile_queued = 0;
-            for item in volatile {
-                self.budget.release(item.weight);
-                self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
-            }
-        }
-        self.retry(now, reason);
-    }
-
-    /// End for good: no more attempts. Queued sends stay for `close` to hand back.
-    fn end(&mut self, now: Instant, reason: CloseReason, err: Option<Error>) {
-        if matches!(self.phase, Phase::Dialing { .. }) {
-            self.outputs.push_back(Output::AbandonAttempt);
-        }
-        self.bury(now, false);
-        for item in std::mem::take(&mut self.login) {
-            self.fail_item(item, Failure::Closed, || Error::ConnectionLost);
-        }
-        let (requests, sends): (VecDeque<Item>, VecDeque<Item>) =
-            self.outbox.drain(..).partition(|i| i.reply.is_some());
-        self.outbox = sends;
-        for item in requests {
-            self.budget.release(item.weight);
-            self.fail_item(item, Failure::Closed, || Error::Closed { message: None });
-        }
-        self.outputs.push_back(Output::Ended);
-        if let Some(e) = err {
-            self.outputs.push_back(Output::LastError(e));
-        }
-        self.phase = Phase::Ended;
-        self.set_state(LinkState::Closed(reason));
-    }
-
     fn set_state(&mut self, s: LinkState) {
         if self.shown.as_ref() != Some(&s) {
             log::debug!("longlink: state {s:?}");
@@ -604,75 +446,5 @@ impl Session {
         }
         c.live.on_probe_sent(now);
         log::debug!("longlink: heartbeat probe sent");
-    }
-
-    // ---- close
-
-    /// Whether `close` can finish now: its deadline passed, or everything
-    /// it waits for has left (a login in progress is let finish).
-    pub(crate) fn close_ready(&self, now: Instant, flushed: bool) -> bool {
-        let Some(deadline) = self.closing else {
-            return false;
-        };
-        if now >= deadline {
-            return true;
-        }
-        match self.phase {
-            Phase::Open => {
-                self.outbox.is_empty()
-                    && self.unacked.is_empty()
-                    && self.login.is_empty()
-                    && self.control.is_empty()
-                    && flushed
-            }
-            Phase::LoggingIn { .. } => false,
-            _ => true,
-        }
-    }
-
-    /// The ping to write before the Close frame: only its pong proves the
-    /// peer read what we wrote.
-    pub(crate) fn goodbye_ping(&mut self, now: Instant) -> Option<u64> {
-        self.conn.as_mut().map(|c| c.ping_now(now))
-    }
-
-    /// Close: bury the connection, answer and hand back what is left.
-    /// Returns the texts of the messages that never left, in order.
-    pub(crate) fn finish(&mut self, now: Instant) -> Vec<Utf8Bytes> {
-        self.bury(now, false);
-        for item in std::mem::take(&mut self.login) {
-            self.fail_item(item, Failure::Closed, || Error::Closed { message: None });
-        }
-        // What has run out of time is expired, not handed back or kept.
-        self.expire_all(now);
-        let mut unsent = Vec::new();
-        let mut kept = 0;
-        for item in std::mem::take(&mut self.outbox) {
-            self.budget.release(item.weight);
-            if let Some(r) = item.receipt {
-                self.outputs
-                    .push_back(Output::Receipt(r, Status::Failed(Failure::Closed)));
-            }
-            match item.reply {
-                Some(r) => self.outputs.push_back(Output::Answer(
-                    r.waiter,
-                    Err(Error::Closed { message: None }),
-                )),
-                // In the journal: sent after the next start, not handed back.
-                None if self.rules.durable && item.id.is_some() => kept += 1,
-                None => unsent.push(item.text),
-            }
-        }
-        if kept > 0 {
-            log::info!("longlink: closed; {kept} messages stay in the journal for the next start");
-        }
-        if !unsent.is_empty() {
-            log::warn!("longlink: closed with {} messages unsent", unsent.len());
-        }
-        if self.phase != Phase::Ended {
-            self.phase = Phase::Ended;
-            self.set_state(LinkState::Closed(CloseReason::Requested));
-        }
-        unsent
     }
 }
