@@ -28,6 +28,8 @@ mod conn;
 mod inspect;
 mod lifecycle;
 mod queue;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,0 +1,589 @@
+//! The session's rules, driven in memory with fake instants: no socket, no
+//! thread, no sleep.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, bounded};
+use tungstenite::Utf8Bytes;
+
+use super::{Inbound, Output, Rules, Session, Transmit, Written};
+use crate::backoff::BackoffPolicy;
+use crate::command::{Command, Event, Item, ReplyTo, Waiter};
+use crate::delivery::ReceiptCell;
+use crate::outbox::Budget;
+use crate::pending::Key;
+use crate::state::Counters;
+use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, Status};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn rules() -> Rules {
+    Rules {
+        heartbeat_interval: Duration::from_secs(25),
+        heartbeat_timeout: Duration::from_secs(10),
+        app_heartbeat: None,
+        app_heartbeat_dispatch: false,
+        backoff: BackoffPolicy {
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(5),
+            max_attempts: None,
+        },
+        retry_rejections: false,
+        connect_timeout: Duration::from_secs(10),
+        login_timeout: Duration::from_secs(10),
+        on_open: false,
+        overflow: Overflow::Reject,
+        operator_field: "Operator".into(),
+        error_suffix: "Error".into(),
+        correlation_field: None,
+        acks: None,
+        durable: false,
+    }
+}
+
+/// A session, a fake clock, and the driver's side effects kept for checks.
+struct Sim {
+    s: Session,
+    now: Instant,
+    budget: Arc<Budget>,
+    counters: Arc<Counters>,
+    states: Vec<LinkState>,
+    connects: Vec<Instant>,
+    dispatched: Vec<Event>,
+    hooks: Vec<u64>,
+    journal_drops: Vec<u64>,
+    disconnects: usize,
+}
+
+impl Sim {
+    fn new(rules: Rules) -> Sim {
+        let budget = Arc::new(Budget::new(100, 1 << 20));
+        let counters = Arc::new(Counters::default());
+        let s = Session::new(rules, budget.clone(), counters.clone(), Vec::new());
+        Sim {
+            s,
+            now: Instant::now(),
+            budget,
+            counters,
+            states: Vec::new(),
+            connects: Vec::new(),
+            dispatched: Vec::new(),
+            hooks: Vec::new(),
+            journal_drops: Vec::new(),
+            disconnects: 0,
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.s.handle_timeout(self.now);
+        self.perform();
+    }
+
+    /// What the driver does with the outputs.
+    fn perform(&mut self) {
+        while let Some(o) = self.s.poll_output() {
+            match o {
+                Output::Connect { .. } => self.connects.push(self.now),
+                Output::AbandonAttempt => {}
+                Output::Disconnect => self.disconnects += 1,
+                Output::RunHook { conn } => self.hooks.push(conn),
+                Output::Dispatch(ev) => self.dispatched.push(ev),
+                Output::Answer(w, r) => w.answer(r),
+                Output::Receipt(cell, status) => cell.set(status),
+                Output::State(s) => self.states.push(s),
+                Output::JournalDrop(id) => self.journal_drops.push(id),
+                Output::LastError(_) | Output::Ended => {}
+            }
+        }
+    }
+
+    fn state(&self) -> LinkState {
+        self.states.last().cloned().expect("a state was shown")
+    }
+
+    /// Run the clock to the attempt and let it succeed.
+    fn connect(&mut self) -> u64 {
+        self.advance(Duration::ZERO);
+        assert!(!self.connects.is_empty(), "an attempt was asked for");
+        let id = self.s.handle_connected(self.now);
+        self.perform();
+        id
+    }
+
+    fn item(&self, text: &str) -> Item {
+        let item = Item::new(text.to_owned());
+        assert!(self.budget.try_reserve(item.weight), "room in the outbox");
+        item
+    }
+
+    fn send(&mut self, text: &str) -> Arc<ReceiptCell> {
+        let mut item = self.item(text);
+        let cell = ReceiptCell::new();
+        item.receipt = Some(cell.clone());
+        self.s.handle_command(self.now, Command::Send(item));
+        self.perform();
+        cell
+    }
+
+    fn request(
+        &mut self,
+        text: &str,
+        reply: &str,
+        timeout: Duration,
+    ) -> Receiver<Result<Message, Error>> {
+        let (tx, rx) = bounded(1);
+        let mut item = self.item(text);
+        item.reply = Some(Box::new(ReplyTo {
+            key: Key::Operator {
+                reply: reply.into(),
+                errors: vec![format!("{}Error", reply.trim_end_matches("OK"))],
+            },
+            deadline: self.now + timeout,
+            waiter: Waiter {
+                tx,
+                errors: Vec::new(),
+                retry: None,
+                written_at: 0,
+            },
+            idempotent: false,
+        }));
+        self.s.handle_command(self.now, Command::Send(item));
+        self.perform();
+        rx
+    }
+
+    /// Write everything the session hands out; the frames, in order.
+    fn write(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(t) = self.s.poll_transmit(self.now) {
+            match t {
+                Transmit::Text(text) => {
+                    let len = text.len();
+                    out.push(text.to_string());
+                    self.s.transmitted(self.now, len, Written::Yes);
+                }
+                Transmit::Ping(seq) => out.push(format!("ping {seq}")),
+            }
+        }
+        if let Some(seq) = self.s.end_batch(self.now) {
+            out.push(format!("ping {seq}"));
+        }
+        self.perform();
+        out
+    }
+
+    fn frame(&mut self, f: Inbound) {
+        self.s.handle_frame(self.now, f);
+        self.perform();
+    }
+
+    fn text(&mut self, t: &str) {
+        self.frame(Inbound::Text(Utf8Bytes::from(t.to_owned())));
+    }
+
+    fn pong(&mut self, seq: u64) {
+        self.frame(Inbound::Pong(seq.to_be_bytes().to_vec()));
+    }
+}
+
+fn status(cell: &Arc<ReceiptCell>) -> Status {
+    Receipt::new(cell.clone()).status()
+}
+
+fn ping_of(frames: &[String]) -> u64 {
+    let last = frames.last().expect("frames");
+    last.strip_prefix("ping ")
+        .expect("a ping last")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_attempt_is_asked_for_at_once_and_a_connection_opens_the_link() {
+    let mut t = Sim::new(rules());
+    t.advance(Duration::ZERO);
+    assert_eq!(t.connects.len(), 1);
+    assert_eq!(t.state(), LinkState::Connecting { attempt: 0 });
+    assert!(t.s.poll_timeout().is_some(), "the attempt has a deadline");
+    t.s.handle_connected(t.now);
+    t.perform();
+    assert_eq!(t.state(), LinkState::Open);
+    assert_eq!(
+        t.counters
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn messages_leave_in_the_order_accepted_and_a_pong_confirms_them() {
+    let mut t = Sim::new(rules());
+    let early = t.send(r#"{"Operator":"A"}"#);
+    t.connect();
+    let late = t.send(r#"{"Operator":"B"}"#);
+    let frames = t.write();
+    assert_eq!(frames[..2], [r#"{"Operator":"A"}"#, r#"{"Operator":"B"}"#]);
+    assert_eq!(status(&early), Status::Written);
+    t.pong(ping_of(&frames));
+    assert_eq!(status(&early), Status::Confirmed);
+    assert_eq!(status(&late), Status::Confirmed);
+    assert_eq!(
+        t.budget.depth(),
+        (0, 0),
+        "written messages give their room back"
+    );
+}
+
+#[test]
+fn a_link_that_dies_before_the_pong_counts_its_messages_as_possibly_lost() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    let r = t.send(r#"{"Operator":"A"}"#);
+    let rx = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    t.write();
+    t.frame(Inbound::Close(Some(1001)));
+    assert_eq!(status(&r), Status::Failed(Failure::PossiblyLost));
+    assert!(matches!(rx.try_recv(), Ok(Err(Error::ConnectionLost))));
+    let lost = t
+        .counters
+        .possibly_lost
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(lost, 2);
+    assert_eq!(t.disconnects, 1);
+    assert!(matches!(t.state(), LinkState::Backoff { .. }));
+}
+
+#[test]
+fn the_on_open_step_runs_before_the_outbox_and_only_its_messages_leave() {
+    let mut t = Sim::new(Rules {
+        on_open: true,
+        ..rules()
+    });
+    t.send(r#"{"Operator":"Queued"}"#);
+    let conn = t.connect();
+    assert_eq!(t.hooks, [conn]);
+    assert_eq!(t.state(), LinkState::LoggingIn);
+    let hook_msg = t.item(r#"{"Operator":"userLogin"}"#);
+    t.budget.release(hook_msg.weight);
+    t.s.handle_command(
+        t.now,
+        Command::Login {
+            conn,
+            item: hook_msg,
+        },
+    );
+    let frames = t.write();
+    assert_eq!(frames[0], r#"{"Operator":"userLogin"}"#);
+    assert!(!frames.iter().any(|f| f.contains("Queued")), "{frames:?}");
+    t.s.handle_command(
+        t.now,
+        Command::HookDone {
+            conn,
+            result: Ok(()),
+            fatal: false,
+        },
+    );
+    t.perform();
+    assert_eq!(t.state(), LinkState::Open);
+    assert_eq!(t.write()[0], r#"{"Operator":"Queued"}"#);
+}
+
+#[test]
+fn a_hook_message_for_a_connection_that_is_gone_fails_with_connection_lost() {
+    let mut t = Sim::new(Rules {
+        on_open: true,
+        ..rules()
+    });
+    let conn = t.connect();
+    let (tx, rx) = bounded(1);
+    let mut item = Item::new(r#"{"Operator":"userLogin"}"#.to_owned());
+    item.reply = Some(Box::new(ReplyTo {
+        key: Key::Id(1),
+        deadline: t.now + Duration::from_secs(1),
+        waiter: Waiter {
+            tx,
+            errors: Vec::new(),
+            retry: None,
+            written_at: 0,
+        },
+        idempotent: false,
+    }));
+    t.s.handle_command(
+        t.now,
+        Command::Login {
+            conn: conn + 1,
+            item,
+        },
+    );
+    t.perform();
+    assert!(matches!(rx.try_recv(), Ok(Err(Error::ConnectionLost))));
+}
+
+#[test]
+fn replies_go_to_their_request_and_other_messages_to_subscribers() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    let ok = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    let err = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    t.write();
+    t.text(r#"{"Operator":"GetOK","n":1}"#);
+    t.text(r#"{"Operator":"News"}"#);
+    t.text(r#"{"Operator":"GetError","reason":"no"}"#);
+    assert_eq!(
+        ok.try_recv().unwrap().unwrap().get("n"),
+        Some(&serde_json::json!(1))
+    );
+    assert!(matches!(err.try_recv(), Ok(Err(Error::Remote(_)))));
+    assert!(t.s.take_answered());
+    assert!(matches!(&t.dispatched[..], [Event::Message(m)] if m.operator() == "News"));
+    t.text("not json");
+    assert!(matches!(t.dispatched.last(), Some(Event::Invalid(_))));
+}
+
+#[test]
+fn a_request_whose_deadline_passed_in_the_outbox_is_never_written() {
+    let mut t = Sim::new(rules());
+    let rx = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_millis(100));
+    t.advance(200 * MS);
+    t.s.handle_connected(t.now);
+    t.perform();
+    let frames = t.write();
+    assert!(frames.iter().all(|f| !f.contains("Get")), "{frames:?}");
+    // Let go without an answer: its caller sees its own timeout.
+    assert!(matches!(
+        rx.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    ));
+}
+
+#[test]
+fn a_message_whose_time_to_live_runs_out_before_writing_expires_and_is_counted() {
+    let mut t = Sim::new(rules());
+    let mut item = t.item(r#"{"Operator":"Quote"}"#);
+    let cell = ReceiptCell::new();
+    item.receipt = Some(cell.clone());
+    item.expires = Some(t.now + 100 * MS);
+    t.s.handle_command(t.now, Command::Send(item));
+    t.perform();
+    assert_eq!(
+        t.s.poll_timeout().map(|d| d <= t.now + 100 * MS),
+        Some(true)
+    );
+    t.advance(100 * MS);
+    assert_eq!(status(&cell), Status::Expired);
+    assert_eq!(
+        t.counters
+            .expired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(t.budget.depth(), (0, 0));
+}
+
+#[test]
+fn a_volatile_message_is_not_buffered_while_the_link_is_down() {
+    let mut t = Sim::new(rules());
+    let mut item = t.item(r#"{"Operator":"Typing"}"#);
+    let cell = ReceiptCell::new();
+    item.receipt = Some(cell.clone());
+    item.volatile = true;
+    t.s.handle_command(t.now, Command::Send(item));
+    t.perform();
+    assert_eq!(status(&cell), Status::Failed(Failure::NotOpen));
+    assert_eq!(
+        t.counters
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn at_least_once_keeps_messages_until_acknowledged_and_resends_them_first() {
+    let mut t = Sim::new(Rules {
+        acks: Some(("Ack".into(), "msgId".into())),
+        ..rules()
+    });
+    t.connect();
+    let mut cells = Vec::new();
+    for id in 1..=3u64 {
+        let mut item = t.item(&format!(r#"{{"msgId":{id},"Operator":"Post"}}"#));
+        item.id = Some(id);
+        let cell = ReceiptCell::new();
+        item.receipt = Some(cell.clone());
+        cells.push(cell);
+        t.s.handle_command(t.now, Command::Send(item));
+    }
+    t.perform();
+    assert_eq!(t.write().len(), 4, "three messages and a ping");
+    t.text(r#"{"Operator":"Ack","msgId":1}"#);
+    assert_eq!(status(&cells[0]), Status::Acknowledged);
+    assert_eq!(t.budget.depth().0, 2, "unacknowledged ones hold their room");
+    t.frame(Inbound::Close(None));
+    // Healthy for a while before: retried at once; 2 and 3 go first again.
+    t.advance(Duration::from_secs(1));
+    t.s.handle_connected(t.now);
+    t.perform();
+    let frames = t.write();
+    assert!(frames[0].contains(r#""msgId":2"#) && frames[1].contains(r#""msgId":3"#));
+    assert_eq!(
+        t.counters.resent.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        t.counters
+            .possibly_lost
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    t.text(r#"{"Operator":"Ack","msgId":3}"#);
+    assert!(cells.iter().all(|c| status(c) == Status::Acknowledged));
+    assert_eq!(t.budget.depth(), (0, 0));
+}
+
+#[test]
+fn silence_brings_a_probe_and_then_a_dead_verdict() {
+    let mut t = Sim::new(Rules {
+        app_heartbeat: Some((
+            Utf8Bytes::from_static(r#"{"Operator":"Heart"}"#),
+            "HeartOK".into(),
+        )),
+        ..rules()
+    });
+    t.connect();
+    t.advance(Duration::from_secs(25));
+    let frames = t.write();
+    assert!(frames[0].starts_with("ping"), "{frames:?}");
+    assert_eq!(frames[1], r#"{"Operator":"Heart"}"#);
+    t.advance(Duration::from_secs(10));
+    assert_eq!(t.disconnects, 1);
+    // Up for longer than the flap guard: the next attempt comes at once.
+    t.advance(Duration::ZERO);
+    assert_eq!(t.state(), LinkState::Connecting { attempt: 0 });
+    assert_eq!(t.connects.len(), 2);
+    assert_eq!(
+        t.counters
+            .heartbeat_misses
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn failed_attempts_back_off_and_the_attempt_limit_ends_the_link() {
+    let mut t = Sim::new(Rules {
+        backoff: BackoffPolicy {
+            max_attempts: Some(2),
+            ..rules().backoff
+        },
+        ..rules()
+    });
+    t.advance(Duration::ZERO);
+    let refused = || Error::Connect {
+        context: "test".into(),
+        source: "refused".into(),
+    };
+    t.s.handle_connect_failed(t.now, refused());
+    t.perform();
+    let LinkState::Backoff { attempt: 1, delay } = t.state() else {
+        panic!("{:?}", t.state());
+    };
+    assert!(delay >= Duration::from_millis(500));
+    t.advance(delay);
+    assert_eq!(t.connects.len(), 2);
+    t.s.handle_connect_failed(t.now, refused());
+    t.perform();
+    assert!(matches!(
+        t.state(),
+        LinkState::Closed(CloseReason::GaveUp { attempts: 2, .. })
+    ));
+}
+
+#[test]
+fn drop_oldest_gives_up_the_oldest_message_and_keeps_the_newest() {
+    let mut t = Sim::new(Rules {
+        overflow: Overflow::DropOldest,
+        ..rules()
+    });
+    t.budget = Arc::new(Budget::new(2, 1 << 20));
+    t.s = Session::new(
+        Rules {
+            overflow: Overflow::DropOldest,
+            ..rules()
+        },
+        t.budget.clone(),
+        t.counters.clone(),
+        Vec::new(),
+    );
+    let cells: Vec<_> = ["A", "B", "C"]
+        .iter()
+        .map(|op| {
+            let mut item = Item::new(format!(r#"{{"Operator":"{op}"}}"#));
+            t.budget.force_reserve(item.weight);
+            let cell = ReceiptCell::new();
+            item.receipt = Some(cell.clone());
+            t.s.handle_command(t.now, Command::Send(item));
+            cell
+        })
+        .collect();
+    t.perform();
+    assert_eq!(status(&cells[0]), Status::Failed(Failure::Dropped));
+    assert_eq!(
+        t.counters
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    t.connect();
+    let frames = t.write();
+    assert_eq!(frames[..2], [r#"{"Operator":"B"}"#, r#"{"Operator":"C"}"#]);
+}
+
+#[test]
+fn close_hands_back_what_never_left_in_order_and_answers_requests() {
+    let mut t = Sim::new(rules());
+    t.send(r#"{"Operator":"A"}"#);
+    let rx = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    t.send(r#"{"Operator":"B"}"#);
+    t.s.handle_close(t.now + Duration::from_secs(1));
+    assert!(
+        t.s.close_ready(t.now, true),
+        "nothing more can be flushed offline"
+    );
+    let unsent = t.s.finish(t.now);
+    t.perform();
+    let texts: Vec<_> = unsent.iter().map(|u| u.to_string()).collect();
+    assert_eq!(texts, [r#"{"Operator":"A"}"#, r#"{"Operator":"B"}"#]);
+    assert!(matches!(rx.try_recv(), Ok(Err(Error::Closed { .. }))));
+    assert_eq!(t.state(), LinkState::Closed(CloseReason::Requested));
+    assert_eq!(t.budget.depth(), (0, 0));
+}
+
+#[test]
+fn close_waits_for_the_outbox_while_open_and_its_ping_confirms() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    let r = t.send(r#"{"Operator":"A"}"#);
+    t.s.handle_close(t.now + Duration::from_secs(1));
+    assert!(!t.s.close_ready(t.now, true), "A is still queued");
+    let frames = t.write();
+    t.pong(ping_of(&frames));
+    assert!(t.s.close_ready(t.now, true));
+    let seq = t.s.goodbye_ping(t.now).unwrap();
+    assert!(!t.s.confirmed());
+    t.pong(seq);
+    assert!(t.s.confirmed());
+    assert!(t.s.finish(t.now).is_empty());
+    t.perform();
+    assert_eq!(status(&r), Status::Confirmed);
+    assert_eq!(
+        t.counters
+            .possibly_lost
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
