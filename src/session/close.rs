@@ -5,7 +5,7 @@ use std::time::Instant;
 use tungstenite::Utf8Bytes;
 
 use super::{Output, Phase, Session};
-use crate::{CloseReason, Error, Failure, LinkState, Status};
+use crate::{CloseReason, Error, Failure, Status};
 
 impl Session {
     /// Whether `close` can finish now: its deadline passed, or everything
@@ -69,9 +69,8 @@ impl Session {
         if !unsent.is_empty() {
             log::warn!("longlink: closed with {} messages unsent", unsent.len());
         }
-        if self.phase != Phase::Ended {
-            self.phase = Phase::Ended;
-            self.set_state(LinkState::Closed(CloseReason::Requested));
+        if !matches!(self.phase, Phase::Ended(_)) {
+            self.phase = Phase::Ended(CloseReason::Requested);
         }
         unsent
     }

@@ -9,7 +9,7 @@ use super::{ATTEMPT_GRACE, Output, Phase, Session};
 use crate::backoff::Next;
 use crate::command::Item;
 use crate::state::Counters;
-use crate::{CloseReason, Error, Failure, LinkState};
+use crate::{CloseReason, Error, Failure};
 
 impl Session {
     pub(super) fn hook_done(
@@ -25,7 +25,7 @@ impl Session {
         // (servers often close right after a ban) and a retry has begun;
         // not once a later login has succeeded.
         let fatal_verdict = fatal || matches!(result, Err(Error::Fatal(_)));
-        let not_open = !matches!(self.phase, Phase::Open | Phase::Ended);
+        let not_open = !matches!(self.phase, Phase::Open | Phase::Ended(_));
         let ends_stale = fatal_verdict && not_open;
         if !(logging_in || ends_stale) {
             return;
@@ -55,12 +55,10 @@ impl Session {
     }
 
     pub(super) fn connect(&mut self, now: Instant) {
-        self.set_state(LinkState::Connecting {
-            attempt: self.backoff.failures(),
-        });
         let deadline = crate::time::after(now, self.rules.connect_timeout);
         self.outputs.push_back(Output::Connect { deadline });
         self.phase = Phase::Dialing {
+            attempt: self.backoff.failures(),
             until: crate::time::after(deadline, ATTEMPT_GRACE),
         };
     }
@@ -75,7 +73,6 @@ impl Session {
             self.phase = Phase::LoggingIn {
                 deadline: crate::time::after(now, self.rules.login_timeout),
             };
-            self.set_state(LinkState::LoggingIn);
             self.outputs.push_back(Output::RunHook { conn: id });
         } else {
             self.open(now);
@@ -105,19 +102,21 @@ impl Session {
     pub(super) fn open(&mut self, now: Instant) {
         self.phase = Phase::Open;
         self.backoff.on_up(now);
-        self.set_state(LinkState::Open);
     }
 
     /// Schedule the next attempt.
     pub(super) fn retry(&mut self, now: Instant, last_error: String) {
         match self.backoff.on_down(now, fastrand::f64()) {
-            Next::Retry { delay, .. } if delay.is_zero() => self.phase = Phase::Connecting,
+            Next::Retry { attempt, delay } if delay.is_zero() => {
+                self.phase = Phase::Connecting { attempt };
+            }
             Next::Retry { attempt, delay } => {
                 log::info!("longlink: retrying in {delay:?} (attempt {attempt})");
                 self.phase = Phase::Backoff {
+                    attempt,
+                    delay,
                     until: crate::time::after(now, delay),
                 };
-                self.set_state(LinkState::Backoff { attempt, delay });
             }
             Next::GiveUp { attempts } => {
                 log::warn!("longlink: giving up after {attempts} failed attempts");
@@ -174,7 +173,6 @@ impl Session {
         if let Some(e) = err {
             self.outputs.push_back(Output::LastError(e));
         }
-        self.phase = Phase::Ended;
-        self.set_state(LinkState::Closed(reason));
+        self.phase = Phase::Ended(reason);
     }
 }

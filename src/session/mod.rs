@@ -44,7 +44,7 @@ use crate::delivery::ReceiptCell;
 use crate::liveness::Verdict;
 use crate::outbox::Budget;
 use crate::state::Counters;
-use crate::{Error, Failure, LinkState, Message, Overflow, Status};
+use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
 use conn::ConnState;
 
 /// How long past its connect timeout an attempt may take to answer before
@@ -101,21 +101,45 @@ impl Rules {
     }
 }
 
-/// The lifecycle. Each arm of [`Session::handle_timeout`] says what happens next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The lifecycle. Each arm of [`Session::handle_timeout`] says what happens
+/// next; the [`LinkState`] callers see is derived from it
+/// ([`Phase::state`]), never kept beside it. `attempt` counts consecutive
+/// failures before the attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// An attempt is to be started.
-    Connecting,
+    Connecting { attempt: u32 },
     /// The driver runs an attempt; given up at `until`.
-    Dialing { until: Instant },
+    Dialing { attempt: u32, until: Instant },
     /// Connected; the `on_open` hook runs until it reports or `deadline`.
     LoggingIn { deadline: Instant },
     /// Usable; the outbox flows.
     Open,
     /// Waiting to retry.
-    Backoff { until: Instant },
+    Backoff {
+        attempt: u32,
+        delay: Duration,
+        until: Instant,
+    },
     /// Ended for good; waiting for `close` to collect what is left.
-    Ended,
+    Ended(CloseReason),
+}
+
+impl Phase {
+    fn state(&self) -> LinkState {
+        match self {
+            Phase::Connecting { attempt } | Phase::Dialing { attempt, .. } => {
+                LinkState::Connecting { attempt: *attempt }
+            }
+            Phase::LoggingIn { .. } => LinkState::LoggingIn,
+            Phase::Open => LinkState::Open,
+            Phase::Backoff { attempt, delay, .. } => LinkState::Backoff {
+                attempt: *attempt,
+                delay: *delay,
+            },
+            Phase::Ended(reason) => LinkState::Closed(reason.clone()),
+        }
+    }
 }
 
 /// A frame to write.
@@ -239,7 +263,7 @@ impl Session {
             rules,
             budget,
             counters,
-            phase: Phase::Connecting,
+            phase: Phase::Connecting { attempt: 0 },
             conn: None,
             conn_ids: 0,
             outbox: recovered.into(),
@@ -289,7 +313,7 @@ impl Session {
 
     /// Whether an attempt is to be started now (the driver cannot wait).
     pub(crate) fn wants_connect(&self) -> bool {
-        self.phase == Phase::Connecting && self.closing.is_none()
+        matches!(self.phase, Phase::Connecting { .. }) && self.closing.is_none()
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has something now.
@@ -306,7 +330,7 @@ impl Session {
     /// When [`handle_timeout`](Self::handle_timeout) must run next.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let phase = match self.phase {
-            Phase::Backoff { until } | Phase::Dialing { until } => Some(until),
+            Phase::Backoff { until, .. } | Phase::Dialing { until, .. } => Some(until),
             Phase::LoggingIn { deadline } => Some(deadline),
             _ => None,
         };
@@ -320,9 +344,17 @@ impl Session {
             .min()
     }
 
-    /// What to do or hand out next.
+    /// What to do or hand out next. A state change comes last, after what
+    /// led to it (answers, receipts, the error `connect()` reports).
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outputs.pop_front().or_else(|| {
+            let s = self.phase.state();
+            (self.shown.as_ref() != Some(&s)).then(|| {
+                log::debug!("longlink: state {s:?}");
+                self.shown = Some(s.clone());
+                Output::State(s)
+            })
+        })
     }
 
     // ---- inputs
@@ -345,13 +377,13 @@ impl Session {
                 fatal,
             } => self.hook_done(now, conn, result, fatal),
             Command::ReconnectNow => match self.phase {
-                Phase::Backoff { .. } => self.phase = Phase::Connecting,
+                Phase::Backoff { attempt, .. } => self.phase = Phase::Connecting { attempt },
                 Phase::Open | Phase::LoggingIn { .. } => {
                     if let Some(c) = self.conn.as_mut() {
                         c.live.on_resumed(now);
                     }
                 }
-                Phase::Connecting | Phase::Dialing { .. } | Phase::Ended => {}
+                Phase::Connecting { .. } | Phase::Dialing { .. } | Phase::Ended(_) => {}
             },
             Command::Close { deadline, .. } => self.handle_close(deadline),
         }
@@ -373,9 +405,11 @@ impl Session {
                 return self.lost(now, "the on_open hook did not finish in time".into());
             }
             // Waited long enough: try again.
-            Phase::Backoff { until } if now >= until => self.phase = Phase::Connecting,
+            Phase::Backoff { attempt, until, .. } if now >= until => {
+                self.phase = Phase::Connecting { attempt };
+            }
             // The attempt did not answer in time (DNS has no timeout).
-            Phase::Dialing { until } if now >= until => {
+            Phase::Dialing { until, .. } if now >= until => {
                 log::warn!("longlink: the connect attempt did not finish in time");
                 self.outputs.push_back(Output::AbandonAttempt);
                 return self.handle_connect_failed(
@@ -388,7 +422,7 @@ impl Session {
             }
             _ => {}
         }
-        if self.phase == Phase::Connecting && self.closing.is_none() {
+        if matches!(self.phase, Phase::Connecting { .. }) && self.closing.is_none() {
             // Never open a connection just to close it.
             self.connect(now);
         }
@@ -421,14 +455,6 @@ impl Session {
     pub(crate) fn handle_reading(&mut self, now: Instant, reading: bool) {
         if let Some(c) = self.conn.as_mut() {
             c.set_reading(now, reading);
-        }
-    }
-
-    fn set_state(&mut self, s: LinkState) {
-        if self.shown.as_ref() != Some(&s) {
-            log::debug!("longlink: state {s:?}");
-            self.shown = Some(s.clone());
-            self.outputs.push_back(Output::State(s));
         }
     }
 

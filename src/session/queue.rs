@@ -16,7 +16,7 @@ use crate::{Error, Failure, Overflow, Status};
 impl Session {
     /// A message accepted by `send` (its room is already reserved).
     pub(super) fn enqueue(&mut self, item: Item) {
-        if self.phase == Phase::Ended && item.reply.is_some() {
+        if matches!(self.phase, Phase::Ended(_)) && item.reply.is_some() {
             self.budget.release(item.weight);
             return self.fail_item(item, Failure::Closed, || Error::Closed { message: None });
         }
