@@ -19,7 +19,7 @@ pub(crate) enum Command {
     /// A message for the outbox (a request if it carries a reply slot).
     Send(Item),
     /// A message from the `on_open` hook of connection `conn`: bypasses the outbox.
-    Login { conn: u64, item: Item },
+    OnOpen { conn: u64, item: Item },
     /// The `on_open` hook of connection `conn` finished; `fatal`: it failed
     /// on an [`Expect::or_fatal`](crate::Expect::or_fatal) reply, so the link ends.
     HookDone {

@@ -46,7 +46,7 @@ impl Link {
     /// As [`Client::send`](crate::Client::send), except that nothing waits in the outbox.
     pub fn send(&self, msg: impl Serialize) -> Result<(), Error> {
         self.shared
-            .send(Route::Login(self.conn), msg, SendOptions::new(), false)
+            .send(Route::OnOpen(self.conn), msg, SendOptions::new(), false)
             .map(drop)
     }
 
@@ -56,7 +56,7 @@ impl Link {
     /// As [`Client::request`](crate::Client::request).
     pub fn request(&self, msg: impl Serialize, timeout: Duration) -> Result<Message, Error> {
         self.shared
-            .request(Route::Login(self.conn), msg, None, timeout, false)
+            .request(Route::OnOpen(self.conn), msg, None, timeout, false)
     }
 
     /// See [`Client::request_expect`](crate::Client::request_expect), e.g. `userLogin` → `LoginOK` / `LoginError`.
@@ -70,7 +70,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Message, Error> {
         self.shared
-            .request_expecting(Route::Login(self.conn), msg, expect, timeout, false)
+            .request_expecting(Route::OnOpen(self.conn), msg, expect, timeout, false)
     }
 
     /// Counters of the client, e.g. to tell a first login from a re-login.

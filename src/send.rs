@@ -37,7 +37,7 @@ pub(crate) fn take_fatal_reply() -> Option<String> {
 #[derive(Clone, Copy)]
 pub(crate) enum Route {
     Outbox,
-    Login(u64),
+    OnOpen(u64),
 }
 
 impl Shared {
@@ -46,7 +46,7 @@ impl Shared {
         match (requested, IN_HOOK.with(Cell::get)) {
             // Inside the hook, the outbox is gated until the hook returns:
             // send the hook's messages past it instead of deadlocking.
-            (Route::Outbox, Some(conn)) if self.is_dispatcher() => Route::Login(conn),
+            (Route::Outbox, Some(conn)) if self.is_dispatcher() => Route::OnOpen(conn),
             (r, _) => r,
         }
     }
@@ -67,16 +67,16 @@ impl Shared {
     fn submit(&self, route: Route, mut item: Item, stamp: bool) -> Result<(), Error> {
         let hand_back = |text: &str| serde_json::from_str::<Value>(text).ok();
         // A closing link refuses the application's messages, not the
-        // re-login's: close waits for a login in progress so that the
+        // on_open step's: close waits for a step in progress so that the
         // outbox can still flush behind it.
-        let login = matches!(route, Route::Login(_));
+        let on_open = matches!(route, Route::OnOpen(_));
         // A Link is bound to its connection: once that is gone, say so.
-        if let Route::Login(conn) = route
+        if let Route::OnOpen(conn) = route
             && self.live_conn.load(Ordering::Acquire) != conn
         {
             return Err(Error::ConnectionLost);
         }
-        if self.refusing.load(Ordering::Acquire) && !login {
+        if self.refusing.load(Ordering::Acquire) && !on_open {
             return Err(Error::Closed {
                 message: hand_back(&item.text),
             });
@@ -108,7 +108,7 @@ impl Shared {
         };
         // Between the check and the push, close must wait for us (see io::finish).
         self.entering.fetch_add(1, Ordering::SeqCst);
-        if self.refusing.load(Ordering::SeqCst) && !login {
+        if self.refusing.load(Ordering::SeqCst) && !on_open {
             self.entering.fetch_sub(1, Ordering::SeqCst);
             unreserve(&item);
             return Err(Error::Closed {
@@ -148,7 +148,7 @@ impl Shared {
                 self.tx.send(Command::Send(item))
             }
             (Route::Outbox, None) => self.tx.send(Command::Send(item)),
-            (Route::Login(conn), _) => self.tx.send(Command::Login { conn, item }),
+            (Route::OnOpen(conn), _) => self.tx.send(Command::OnOpen { conn, item }),
         };
         self.entering.fetch_sub(1, Ordering::SeqCst);
         self.wake();
@@ -156,7 +156,7 @@ impl Shared {
             Ok(()) => Ok(()),
             Err(e) => {
                 let text = match e.into_inner() {
-                    Command::Send(item) | Command::Login { item, .. } => item.text,
+                    Command::Send(item) | Command::OnOpen { item, .. } => item.text,
                     _ => Utf8Bytes::default(),
                 };
                 Err(Error::Closed {

@@ -9,7 +9,7 @@ use crate::{CloseReason, Error, Failure, Status};
 
 impl Session {
     /// Whether `close` can finish now: its deadline passed, or everything
-    /// it waits for has left (a login in progress is let finish).
+    /// it waits for has left (an on_open step in progress is let finish).
     pub(crate) fn close_ready(&self, now: Instant, flushed: bool) -> bool {
         let Some(deadline) = self.closing else {
             return false;
@@ -21,7 +21,7 @@ impl Session {
             Phase::Open => {
                 self.outbox.is_empty()
                     && self.unacked.is_empty()
-                    && self.login.is_empty()
+                    && self.on_open_queue.is_empty()
                     && self.control.is_empty()
                     && flushed
             }
@@ -40,7 +40,7 @@ impl Session {
     /// Returns the texts of the messages that never left, in order.
     pub(crate) fn finish(&mut self, now: Instant) -> Vec<Utf8Bytes> {
         self.bury(now, false);
-        for item in std::mem::take(&mut self.login) {
+        for item in std::mem::take(&mut self.on_open_queue) {
             self.fail_item(item, Failure::Closed, || Error::Closed { message: None });
         }
         // What has run out of time is expired, not handed back or kept.

@@ -23,7 +23,7 @@ impl Session {
         let logging_in = current && matches!(self.phase, Phase::LoggingIn { .. });
         // A fatal verdict stands even if its connection died meanwhile
         // (servers often close right after a ban) and a retry has begun;
-        // not once a later login has succeeded.
+        // not once a later on_open step has succeeded.
         let fatal_verdict = fatal || matches!(result, Err(Error::Fatal(_)));
         let not_open = !matches!(self.phase, Phase::Open | Phase::Ended(_));
         let ends_stale = fatal_verdict && not_open;
@@ -137,7 +137,7 @@ impl Session {
     pub(super) fn lost(&mut self, now: Instant, reason: String) {
         log::info!("longlink: link lost: {reason}");
         self.bury(now, true);
-        for item in std::mem::take(&mut self.login) {
+        for item in std::mem::take(&mut self.on_open_queue) {
             self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
         }
         if self.volatile_queued > 0 {
@@ -159,7 +159,7 @@ impl Session {
             self.outputs.push_back(Output::AbandonAttempt);
         }
         self.bury(now, false);
-        for item in std::mem::take(&mut self.login) {
+        for item in std::mem::take(&mut self.on_open_queue) {
             self.fail_item(item, Failure::Closed, || Error::ConnectionLost);
         }
         let (requests, sends): (VecDeque<Item>, VecDeque<Item>) =

@@ -214,7 +214,7 @@ pub(crate) struct Session {
     /// At-least-once messages written and not yet acknowledged, in id order.
     unacked: VecDeque<Item>,
     /// Messages of the `on_open` hook (and of a `Link` kept after it).
-    login: VecDeque<Item>,
+    on_open_queue: VecDeque<Item>,
     /// Highest at-least-once id seen (acks beyond it are clamped).
     highest_id: u64,
     /// Highest id the server acknowledged.
@@ -268,7 +268,7 @@ impl Session {
             conn_ids: 0,
             outbox: recovered.into(),
             unacked: VecDeque::new(),
-            login: VecDeque::new(),
+            on_open_queue: VecDeque::new(),
             highest_id,
             acked: 0,
             ttl_next,
@@ -323,7 +323,7 @@ impl Session {
         };
         !self.control.is_empty()
             || (!c.tracking_full()
-                && (!self.login.is_empty()
+                && (!self.on_open_queue.is_empty()
                     || (self.phase == Phase::Open && !self.outbox.is_empty())))
     }
 
@@ -363,10 +363,10 @@ impl Session {
     pub(crate) fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Send(item) => self.enqueue(item),
-            Command::Login { conn, item } => {
+            Command::OnOpen { conn, item } => {
                 let live = matches!(self.phase, Phase::LoggingIn { .. } | Phase::Open);
                 if live && self.conn_id() == Some(conn) {
-                    self.login.push_back(item);
+                    self.on_open_queue.push_back(item);
                 } else {
                     self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
                 }

@@ -121,7 +121,7 @@ impl Session {
         }
         let open = self.phase == Phase::Open;
         loop {
-            let item = if let Some(item) = self.login.pop_front() {
+            let item = if let Some(item) = self.on_open_queue.pop_front() {
                 item
             } else if open {
                 let item = self.outbox.pop_front()?;

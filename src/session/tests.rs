@@ -271,7 +271,7 @@ fn the_on_open_step_runs_before_the_outbox_and_only_its_messages_leave() {
     t.budget.release(hook_msg.weight);
     t.s.handle_command(
         t.now,
-        Command::Login {
+        Command::OnOpen {
             conn,
             item: hook_msg,
         },
@@ -314,7 +314,7 @@ fn a_hook_message_for_a_connection_that_is_gone_fails_with_connection_lost() {
     }));
     t.s.handle_command(
         t.now,
-        Command::Login {
+        Command::OnOpen {
             conn: conn + 1,
             item,
         },
