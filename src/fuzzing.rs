@@ -3,6 +3,8 @@
 //! targets under `fuzz/` call them; `tests/fuzz.rs` runs them on stable
 //! with generated inputs for a bounded time.
 
+pub mod sim;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Cursor;
 use std::sync::Arc;
@@ -41,7 +43,7 @@ impl Input<'_> {
     }
 }
 
-/// Server bytes → tungstenite's client-side reader → [`decode`] → request
+/// Server bytes → tungstenite's client-side reader → `decode` → request
 /// matching and subscriber dispatch. Also decodes the raw input as one
 /// frame's text. Invariants: nothing panics; a decoded message's operator
 /// is its operator field's string; every request is answered at most once;

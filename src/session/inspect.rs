@@ -4,4 +4,20 @@
 
 use super::Session;
 
-impl Session {}
+impl Session {
+    /// Room the queued messages hold in the budget: count and bytes of
+    /// the outbox and of the messages awaiting their acknowledgement.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let items = self.outbox.iter().chain(self.unacked.iter());
+        items.fold((0, 0), |(n, b), i| (n + 1, b + i.weight))
+    }
+
+    /// Requests written before and queued again after their link died
+    /// (idempotent ones): they take room past the bound.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn requeued_requests(&self) -> usize {
+        let again = |i: &&crate::command::Item| i.written && i.reply.is_some();
+        self.outbox.iter().filter(again).count()
+    }
+}
