@@ -187,3 +187,39 @@ fn close_is_ok_when_a_pong_confirms_everything() {
         .collect();
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_reply_that_arrives_while_close_says_goodbye_reaches_its_caller_at_once() {
+    init_log();
+    // A slow server: it answers a request 300 ms after reading it, and then
+    // reads nothing more (no pong to the goodbye's ping, no Close): the
+    // goodbye waits for its whole deadline.
+    let (got_tx, got) = bounded::<()>(1);
+    let (addr, _) = raw_server(move |_, stream| {
+        let mut ws = tungstenite::accept(stream).unwrap();
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) if t.contains("Get") => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let _ = got_tx.send(());
+        std::thread::sleep(Duration::from_millis(300)); // the server's own pace
+        let reply = json!({"Operator": "GetOK"}).to_string();
+        let _ = ws.send(tungstenite::Message::text(reply));
+        std::thread::sleep(Duration::from_secs(5)); // holds the socket, reads nothing
+    });
+    let client = Client::builder(format!("ws://{addr}")).connect().unwrap();
+    let c = client.clone();
+    let asking = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let r = c.request(json!({"Operator": "Get"}), Duration::from_secs(1));
+        (r.map(|m| m.operator().to_owned()), t0.elapsed())
+    });
+    got.recv_timeout(Duration::from_secs(5)).unwrap();
+    let closed = client.close(Duration::from_secs(2));
+    let (r, took) = asking.join().unwrap();
+    assert_eq!(r.unwrap(), "GetOK", "after {took:?}; close said {closed:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}

@@ -672,7 +672,12 @@ impl Sim {
                 }
                 if now < r.deadline && self.now >= r.deadline {
                     // Decided in time during the goodbye, handed out after it.
+                    let k = r.k;
                     self.figures.delayed_by_goodbye += 1;
+                    self.fail(format!(
+                        "request k{k}: its answer, decided in time during the goodbye, \
+                         reached its caller after the deadline"
+                    ));
                 }
                 r.answer = Some((now, answer));
                 self.check_answer(i);
@@ -1120,11 +1125,9 @@ impl Sim {
                     Down::Text(t) => self.session.handle_frame(self.now, Inbound::Text(t.into())),
                     Down::Close(_) => peer_closed = true,
                 }
-                // The driver performs these after `finish`, in this order;
-                // the model notes when the session decided them.
-                while let Some(out) = self.session.poll_output() {
-                    self.held.push_back((self.now, out));
-                }
+                // The driver performs what the session decided at once.
+                self.perform();
+                self.callers();
             }
         }
     }

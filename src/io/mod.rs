@@ -420,6 +420,38 @@ impl Io {
         }
     }
 
+    /// Say goodbye: a ping, then a Close frame; wait (until `deadline`) for
+    /// the pong and the peer's Close. Only the pong proves the peer read
+    /// what we wrote: a Close from the peer may have crossed ours, sent
+    /// before it read our last frames, and servers drop data that arrives
+    /// after they began closing. What arrives meanwhile (the pong,
+    /// acknowledgements, replies) goes to the session, and what it decides
+    /// is performed at once: a reply reaches its caller now, not after the
+    /// goodbye (whose wait may outlast the request's deadline).
+    fn goodbye(&mut self, s: &mut Socket, deadline: Instant) {
+        if deadline <= Instant::now() {
+            return;
+        }
+        let ping = self.session.goodbye_ping(Instant::now());
+        if !s.start_goodbye(ping, deadline) {
+            return;
+        }
+        let mut peer_closed = false;
+        while !(peer_closed && self.session.confirmed()) {
+            let Some(frame) = s.goodbye_frame(deadline) else {
+                return;
+            };
+            let now = Instant::now();
+            match frame {
+                Frame::Pong(p) => self.session.handle_frame(now, Inbound::Pong(p.to_vec())),
+                Frame::Text(t) => self.session.handle_frame(now, Inbound::Text(t)),
+                Frame::Close(_) => peer_closed = true,
+                _ => {}
+            }
+            self.perform(now);
+        }
+    }
+
     /// Close: say goodbye, hand back what is left, release the journal, stop.
     fn finish(&mut self) {
         let Some((deadline, done)) = self.closing.take() else {
@@ -438,7 +470,7 @@ impl Io {
             }
         }
         if let Some(mut s) = self.sock.take() {
-            s.goodbye(&mut self.session, deadline);
+            self.goodbye(&mut s, deadline);
         }
         let unsent = self.session.finish(Instant::now());
         self.perform(Instant::now());

@@ -1,5 +1,5 @@
 //! The live socket: its registration in the poller, readiness, batched
-//! writes and flushes, and the blocking goodbye at close.
+//! writes and flushes, and the blocking frames of the goodbye at close.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +10,6 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::transport::{Ws, tcp};
-use crate::session::{Inbound, Session};
 
 /// One connected socket and what the driver knows about it.
 pub(super) struct Socket {
@@ -98,20 +97,15 @@ impl Socket {
         !self.write_blocked && !self.need_flush
     }
 
-    /// Say goodbye: a ping, then a Close frame; wait (until `deadline`) for
-    /// the pong and the peer's Close. Only the pong proves the peer read
-    /// what we wrote: a Close from the peer may have crossed ours, sent
-    /// before it read our last frames, and servers drop data that arrives
-    /// after they began closing. What arrives meanwhile (the pong,
-    /// acknowledgements, replies) goes to the session.
-    pub(super) fn goodbye(&mut self, session: &mut Session, deadline: Instant) {
+    /// Start saying goodbye: the ping (`ping`, its number), then a Close
+    /// frame; the socket turns blocking. False if it cannot.
+    pub(super) fn start_goodbye(&mut self, ping: Option<u64>, deadline: Instant) -> bool {
         let left = deadline.saturating_duration_since(Instant::now());
         let s = tcp(&self.ws);
         if left.is_zero() || s.set_nonblocking(false).is_err() {
-            return;
+            return false;
         }
         let _ = s.set_write_timeout(Some(left));
-        let ping = session.goodbye_ping(Instant::now());
         if let Some(seq) = ping {
             let _ = self
                 .ws
@@ -123,21 +117,17 @@ impl Socket {
         };
         let _ = self.ws.close(Some(frame));
         let _ = self.ws.flush();
-        let mut peer_closed = false;
-        while !(peer_closed && session.confirmed()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tcp(&self.ws).set_read_timeout(Some(left)).is_err() {
-                return;
-            }
-            let now = Instant::now();
-            match self.ws.read() {
-                Ok(Frame::Pong(p)) => session.handle_frame(now, Inbound::Pong(p.to_vec())),
-                Ok(Frame::Text(t)) => session.handle_frame(now, Inbound::Text(t)),
-                Ok(Frame::Close(_)) => peer_closed = true,
-                Ok(_) => {}
-                Err(_) => return,
-            }
+        true
+    }
+
+    /// The next frame while saying goodbye; `None` once `deadline` passes
+    /// or the connection ends.
+    pub(super) fn goodbye_frame(&mut self, deadline: Instant) -> Option<Frame> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tcp(&self.ws).set_read_timeout(Some(left)).is_err() {
+            return None;
         }
+        self.ws.read().ok()
     }
 }
 
