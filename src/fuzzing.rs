@@ -5,7 +5,7 @@
 
 pub mod sim;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,6 @@ use crate::backoff::{Backoff, BackoffPolicy, Next};
 use crate::dispatch::{Registry, Topic};
 use crate::liveness::{Liveness, Verdict};
 use crate::message::decode;
-use crate::outbox::{Budget, Weighed, trim_oldest};
 use crate::pending::{Key, Matched, Pending};
 use crate::state::Counters;
 use crate::{InvalidFrame, Message};
@@ -168,24 +167,14 @@ fn check_decoded(text: &str, op_field: &str) -> Option<Message> {
     }
 }
 
-/// An outbox entry in the model: id and byte weight.
-#[derive(Debug)]
-struct Msg(u64, usize);
-
-impl Weighed for Msg {
-    fn weight(&self) -> usize {
-        self.1
-    }
-}
-
 /// The pure cores driven by an arbitrary sequence of events with a fake
 /// clock. Invariants: liveness never says dead without an unanswered probe
 /// as old as the timeout, and an alive verdict always leaves a deadline in
 /// the future; backoff delays stay within their bounds and give up only
-/// past the limit; the outbox keeps order, holds its bounds, and every
-/// message ends in exactly one of sent, dropped, refused or still queued;
-/// each request is answered at most once, never after its deadline, by id
-/// only to its own id, and by name in the order the requests were made.
+/// past the limit; each request is answered at most once, never after its
+/// deadline, by id only to its own id, and by name in the order the
+/// requests were made. (The outbox is checked through the real session:
+/// [`session`].)
 pub fn cores(data: &[u8]) {
     let mut input = Input { data, at: 0 };
     let t0 = Instant::now();
@@ -215,14 +204,6 @@ pub fn cores(data: &[u8]) {
     let mut backoff = Backoff::new(policy);
     let mut failures = 0u32;
 
-    // Outbox
-    let max_count = usize::from(input.u8() % 16) + 1;
-    let max_bytes = usize::from(input.u16() % 2048) + 1;
-    let drop_oldest = input.u8().is_multiple_of(2);
-    let budget = Budget::new(max_count, max_bytes);
-    let mut queue: VecDeque<Msg> = VecDeque::new();
-    let (mut next_id, mut sent, mut dropped, mut refused) = (0u64, Vec::new(), 0u64, 0u64);
-
     // Requests
     let mut pending: Pending<u32> = Pending::default();
     let mut waiters: HashMap<u32, (Option<u64>, String, Instant, u64)> = HashMap::new();
@@ -231,7 +212,7 @@ pub fn cores(data: &[u8]) {
     let mut next_waiter = 0u32;
 
     while !input.done() {
-        match input.u8() % 12 {
+        match input.u8() % 10 {
             0 => now += ms(input.u16() % 4000),
             1 => {
                 live.on_inbound(now);
@@ -287,28 +268,6 @@ pub fn cores(data: &[u8]) {
                 }
             }
             7 => {
-                let weight = usize::from(input.u16() % 512) + 1;
-                let id = next_id;
-                next_id += 1;
-                if drop_oldest {
-                    budget.force_reserve(weight);
-                    queue.push_back(Msg(id, weight));
-                    dropped += trim_oldest(&mut VecDeque::new(), &mut queue, &budget).len() as u64;
-                } else if budget.try_reserve(weight) {
-                    queue.push_back(Msg(id, weight));
-                } else {
-                    refused += 1;
-                }
-            }
-            8 => {
-                for _ in 0..input.u8() % 4 {
-                    let Some(m) = queue.pop_front() else { break };
-                    budget.release(m.weight());
-                    assert!(sent.last().is_none_or(|l| *l < m.0), "sent out of order");
-                    sent.push(m.0);
-                }
-            }
-            9 => {
                 let w = next_waiter;
                 next_waiter += 1;
                 let deadline = now + ms(input.u16() % 3000 + 1);
@@ -325,7 +284,7 @@ pub fn cores(data: &[u8]) {
                 pending.insert(key, w, now, deadline);
                 waiters.insert(w, (id, reply, deadline, u64::from(w)));
             }
-            10 => {
+            8 => {
                 let op = ["AOK", "BOK", "AError", "BError", "COK"][usize::from(input.u8() % 5)];
                 let id = match input.u8() % 3 {
                     0 => None,
@@ -355,22 +314,71 @@ pub fn cores(data: &[u8]) {
                 last_by_name.clear();
             }
         }
-        let (count, bytes) = budget.depth();
-        assert_eq!(count, queue.len(), "budget count drifted");
-        assert_eq!(bytes, queue.iter().map(Weighed::weight).sum::<usize>());
-        if drop_oldest {
-            assert!(!budget.is_over(), "over its bounds after a trim");
-        } else {
-            assert!(count <= max_count && (bytes <= max_bytes || count <= 1));
-        }
-        assert!(
-            queue
-                .iter()
-                .zip(queue.iter().skip(1))
-                .all(|(a, b)| a.0 < b.0),
-            "queue out of order"
-        );
     }
-    let total = sent.len() as u64 + dropped + refused + queue.len() as u64;
-    assert_eq!(total, next_id, "a message was lost or counted twice");
+}
+
+/// The real [`Session`](crate::session::Session) under arbitrary steps: the
+/// input picks the link's setup and then one [`sim::Step`] per byte group,
+/// and [`sim::Sim`] drives the session exactly as the I/O thread does
+/// against a simulated server, network and clock, checking every step
+/// against its reference model (order, at-least-once, receipts, requests,
+/// counters, the outbox bound); the run ends with `close`, checked in full.
+pub fn session(data: &[u8]) {
+    use sim::{HookVerdict, Sim, SimConfig, Step};
+    let mut input = Input { data, at: 0 };
+    let flags = input.u8();
+    let cfg = SimConfig {
+        seed: u64::from(input.u16()) << 16 | u64::from(input.u16()),
+        at_least_once: flags & 1 != 0,
+        by_id: flags & 2 != 0,
+        on_open: flags & 4 != 0,
+        drop_oldest: flags & 8 != 0,
+        app_heartbeat: flags & 16 != 0,
+        capacity: usize::from(input.u8() % 16) + 1,
+        max_bytes: usize::from(input.u16() % 4096) + 64,
+        max_attempts: (flags & 32 != 0).then(|| u32::from(input.u8() % 6) + 1),
+    };
+    let mut sim = Sim::new(cfg);
+    while !input.done() {
+        let step = match input.u8() % 20 {
+            0..=3 => Step::Send {
+                ttl_ms: input.u8().is_multiple_of(4).then(|| input.u16() % 2000),
+                volatile: input.u8().is_multiple_of(8),
+                receipt: input.u8().is_multiple_of(2),
+                pad: input.u8(),
+            },
+            4 | 5 => Step::Request {
+                op: input.u8() % 2,
+                timeout_ms: input.u16() % 3000 + 1,
+                idempotent: input.u8().is_multiple_of(3),
+            },
+            6 | 7 => Step::Advance(input.u16() % 1500),
+            8 | 9 => Step::Sleep,
+            10 | 11 => Step::ConnectOk,
+            12 => Step::ConnectFail,
+            13 => match input.u8() % 8 {
+                0 => Step::ConnectRejected,
+                1 => Step::Hook(HookVerdict::Err),
+                2 => Step::Hook(HookVerdict::Fatal),
+                3 => Step::BlackHole,
+                4 => Step::PeerClose,
+                5 => Step::NoPong,
+                _ => Step::ReconnectNow,
+            },
+            14 | 15 => Step::Hook(HookVerdict::Ok),
+            16 => Step::Push,
+            17 => Step::Reset,
+            18 => Step::Close(input.u16() % 3000),
+            _ => Step::Sleep,
+        };
+        sim.step(&step);
+    }
+    sim.step(&Step::Close(2000));
+    for _ in 0..100 {
+        if sim.finished() {
+            break;
+        }
+        sim.step(&Step::Sleep);
+    }
+    assert!(sim.finished(), "close did not finish");
 }

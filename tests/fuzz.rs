@@ -8,7 +8,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::time::{Duration, Instant};
 
-use longlink::fuzzing::{cores, inbound};
+use longlink::fuzzing::{cores, inbound, session};
 
 fn budget() -> Duration {
     let secs = std::env::var("LONGLINK_FUZZ_SECS")
@@ -157,6 +157,13 @@ fn inbound_frames_decode_and_dispatch_without_breaking_invariants() {
 #[test]
 fn cores_keep_their_invariants_under_any_event_sequence() {
     run("cores", cores, |rng| {
+        (0..rng.usize(..1024)).map(|_| rng.u8(..)).collect()
+    });
+}
+
+#[test]
+fn the_real_session_keeps_its_invariants_under_any_step_sequence() {
+    run("session", session, |rng| {
         (0..rng.usize(..1024)).map(|_| rng.u8(..)).collect()
     });
 }
