@@ -1007,7 +1007,10 @@ impl Sim {
                     self.fail(format!("dispatched {:?} to subscribers", m.operator()));
                 }
             }
-            Output::Answer(waiter, answer) => waiter.answer(answer),
+            Output::Answer(a) => {
+                let (waiter, answer) = *a;
+                waiter.answer(answer);
+            }
             Output::Receipt(cell, status) => self.receipt(&cell, status),
             Output::State(s) => self.note(|| format!("state {s:?}")),
             Output::JournalDrop(_) | Output::LastError(_) => {}

@@ -167,7 +167,10 @@ impl Io {
                     let _ = self.dispatch.send(Event::Hook { conn });
                 }
                 Output::Dispatch(ev) => self.deliver(now, ev),
-                Output::Answer(waiter, answer) => waiter.answer(answer),
+                Output::Answer(a) => {
+                    let (waiter, answer) = *a;
+                    waiter.answer(answer);
+                }
                 Output::Receipt(cell, status) => cell.set(status),
                 Output::State(s) => {
                     self.shared.set_state(s.clone());

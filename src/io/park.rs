@@ -51,6 +51,7 @@ impl Io {
             // for hours.
             self.stack_dirty = false;
             crate::stack::release_below(self.stack_top);
+            self.session.release_memory();
         }
         self.events.clear();
         let waited = self.shared.poller.wait(&mut self.events, timeout);

@@ -54,7 +54,7 @@ impl Session {
                     .push_back(Output::Receipt(r, Status::Failed(Failure::Closed)));
             }
             match item.reply {
-                Some(r) => self.outputs.push_back(Output::Answer(
+                Some(r) => self.outputs.push_back(Output::answer(
                     r.waiter,
                     Err(Error::Closed { message: None }),
                 )),

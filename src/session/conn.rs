@@ -95,6 +95,16 @@ impl ConnState {
         self.ping_seq
     }
 
+    /// Give back the room of empty lists.
+    pub(super) fn release_memory(&mut self) {
+        if self.awaiting.is_empty() {
+            self.awaiting.shrink_to_fit();
+        }
+        if self.answered.is_empty() {
+            self.answered.shrink_to_fit();
+        }
+    }
+
     /// No ping waits for its pong.
     pub(super) fn ping_answered(&self) -> bool {
         self.ping.is_none()
@@ -229,7 +239,7 @@ impl Session {
                 }
                 let error = error || waiter.errors.iter().any(|e| e == op);
                 let answer = if error { Err(Error::Remote(m)) } else { Ok(m) };
-                self.outputs.push_back(Output::Answer(waiter, answer));
+                self.outputs.push_back(Output::answer(waiter, answer));
                 self.answered = true;
             }
             Matched::Late => {
@@ -304,7 +314,7 @@ impl Session {
         }
         for w in lost_requests {
             self.outputs
-                .push_back(Output::Answer(w, Err(Error::ConnectionLost)));
+                .push_back(Output::answer(w, Err(Error::ConnectionLost)));
         }
         // Oldest deadline first: the closest to its caller giving up.
         again.sort_by_key(|i| i.reply.as_ref().map(|r| r.deadline));

@@ -1,10 +1,28 @@
-//! Read-only views of a session for the simulator and the fuzz targets:
-//! what is queued, in flight and awaited, to check invariants against a
-//! reference model. Nothing here changes the session.
+//! Views of a session for the simulator and the fuzz targets (what is
+//! queued, in flight and awaited, to check invariants against a reference
+//! model), and giving memory back. Nothing here changes what it does.
 
 use super::Session;
 
 impl Session {
+    /// Give back the room of queues that are empty now (a link may idle
+    /// for hours after a burst; an idle link should cost little).
+    pub(crate) fn release_memory(&mut self) {
+        fn trim<T>(q: &mut std::collections::VecDeque<T>) {
+            if q.is_empty() {
+                q.shrink_to_fit();
+            }
+        }
+        trim(&mut self.outputs);
+        trim(&mut self.control);
+        trim(&mut self.outbox);
+        trim(&mut self.unacked);
+        trim(&mut self.on_open_queue);
+        if let Some(c) = self.conn.as_mut() {
+            c.release_memory();
+        }
+    }
+
     /// Room the queued messages hold in the budget: count and bytes of
     /// the outbox and of the messages awaiting their acknowledgement.
     #[cfg(feature = "fuzzing")]

@@ -186,8 +186,9 @@ pub(crate) enum Output {
     RunHook { conn: u64 },
     /// For the subscribers.
     Dispatch(Event),
-    /// A request's outcome, for its caller.
-    Answer(Waiter, Result<Message, Error>),
+    /// A request's outcome, for its caller (boxed: the other outputs are
+    /// small, and a queue of outputs is as wide as its widest).
+    Answer(Box<(Waiter, Result<Message, Error>)>),
     /// A receipt moves on.
     Receipt(Arc<ReceiptCell>, Status),
     /// The state the callers see.
@@ -202,7 +203,9 @@ pub(crate) enum Output {
 
 /// The rules of one link. See the module docs.
 pub(crate) struct Session {
-    rules: Rules,
+    /// Boxed, as the connection: the session lives in the I/O thread's
+    /// frame, whose stack pages an idle link keeps resident.
+    rules: Box<Rules>,
     budget: Arc<Budget>,
     counters: Arc<Counters>,
     phase: Phase,
@@ -247,6 +250,12 @@ struct Batch {
     freed: (usize, usize),
 }
 
+impl Output {
+    fn answer(waiter: Waiter, answer: Result<Message, Error>) -> Output {
+        Output::Answer(Box::new((waiter, answer)))
+    }
+}
+
 impl Session {
     /// A session with the messages recovered from a journal, which go first.
     pub(crate) fn new(
@@ -260,7 +269,7 @@ impl Session {
         let ttl_next = recovered.iter().filter_map(|i| i.expires).min();
         Session {
             backoff: Backoff::new(rules.backoff),
-            rules,
+            rules: Box::new(rules),
             budget,
             counters,
             phase: Phase::Connecting { attempt: 0 },
@@ -303,7 +312,7 @@ impl Session {
     /// Everything written on the connection is confirmed by a pong (or
     /// there is no connection): nothing more to wait for at close.
     pub(crate) fn confirmed(&self) -> bool {
-        self.conn.as_ref().is_none_or(ConnState::ping_answered)
+        self.conn.as_ref().is_none_or(|c| c.ping_answered())
     }
 
     /// A reply went to a caller since the last call (it may ask again at once).

@@ -266,7 +266,7 @@ impl Session {
             self.outputs.push_back(Output::JournalDrop(id));
         }
         if let Some(r) = item.reply {
-            self.outputs.push_back(Output::Answer(r.waiter, Err(err())));
+            self.outputs.push_back(Output::answer(r.waiter, Err(err())));
         }
     }
 

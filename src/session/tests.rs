@@ -91,7 +91,10 @@ impl Sim {
                 Output::Disconnect => self.disconnects += 1,
                 Output::RunHook { conn } => self.hooks.push(conn),
                 Output::Dispatch(ev) => self.dispatched.push(ev),
-                Output::Answer(w, r) => w.answer(r),
+                Output::Answer(a) => {
+                    let (w, r) = *a;
+                    w.answer(r);
+                }
                 Output::Receipt(cell, status) => cell.set(status),
                 Output::State(s) => self.states.push(s),
                 Output::JournalDrop(id) => self.journal_drops.push(id),
