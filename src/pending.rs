@@ -131,7 +131,7 @@ impl<W> Pending<W> {
         if let Some(queue) = self.by_reply.get_mut(op) {
             prune_front(queue, now);
             if let Some(e) = queue.pop_front() {
-                return deliver_in(queue, e, false, now);
+                return deliver_in(queue, e, None, now);
             }
         }
         if let Some(replies) = self.by_error.get(op) {
@@ -144,7 +144,7 @@ impl<W> Pending<W> {
                 if let Some(pos) = queue.iter().position(|e| e.errors.iter().any(|x| x == op))
                     && let Some(e) = queue.remove(pos)
                 {
-                    return deliver_in(queue, e, true, now);
+                    return deliver_in(queue, e, Some(op), now);
                 }
             }
         }
@@ -189,20 +189,23 @@ fn deliver<W>(e: Entry<W>, error: bool, now: Instant) -> Matched<W> {
     }
 }
 
-/// [`deliver`] for a request matched by name in `queue`: when a ghost
-/// takes the reply, the oldest live request still owed one may have been
-/// robbed of it, and leaves no ghost when it times out.
+/// [`deliver`] for a request matched by name in `queue` (by the error
+/// operator `error_op`, for an error reply): when a ghost takes the reply,
+/// the oldest live request still owed one that the reply could answer may
+/// have been robbed of it, and leaves no ghost when it times out.
 fn deliver_in<W>(
     queue: &mut VecDeque<Entry<W>>,
     e: Entry<W>,
-    error: bool,
+    error_op: Option<&str>,
     now: Instant,
 ) -> Matched<W> {
-    let m = deliver(e, error, now);
+    let m = deliver(e, error_op.is_some(), now);
     if matches!(m, Matched::Late)
-        && let Some(live) = queue
-            .iter_mut()
-            .find(|e| e.deadline > now && e.forget_at > e.deadline)
+        && let Some(live) = queue.iter_mut().find(|e| {
+            e.deadline > now
+                && e.forget_at > e.deadline
+                && error_op.is_none_or(|op| e.errors.iter().any(|x| x == op))
+        })
     {
         live.forget_at = live.deadline;
     }
@@ -542,5 +545,26 @@ mod tests {
         assert_eq!(p.offer("GetOK", None, false, at(7)), Matched::Late);
         assert_eq!(p.offer("GetOK", None, false, at(7)), Matched::Late);
         assert_eq!(p.offer("GetOK", None, false, at(7)), reply(3));
+    }
+
+    #[test]
+    fn a_late_error_reply_robs_no_request_that_does_not_accept_it() {
+        let t = Instant::now();
+        let at = |s| t + S(s);
+        let mut p = Pending::default();
+        let get = |errors: &[&str]| Key::Operator {
+            reply: "GetOK".into(),
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+        };
+        // A long request that a ban cannot answer, then a short one that it can.
+        p.insert(get(&["GetError"]), 1, at(0), at(60));
+        p.insert(get(&["GetError", "BanGet"]), 2, at(1), at(6));
+        // 2's late ban: its ghost swallows it. It cannot have been 1's reply.
+        assert_eq!(p.offer("BanGet", None, false, at(7)), Matched::Late);
+        // So 1 was not robbed: when it times out its ghost takes its late
+        // reply, which must not reach the next caller.
+        p.insert(get(&["GetError"]), 3, at(61), at(70));
+        assert_eq!(p.offer("GetOK", None, false, at(61)), Matched::Late);
+        assert_eq!(p.offer("GetOK", None, false, at(62)), reply(3));
     }
 }
