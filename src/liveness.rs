@@ -186,4 +186,16 @@ mod tests {
         assert_eq!(l.check(woke + T - Duration::from_millis(1)), Verdict::Alive);
         assert_eq!(l.misses(), 0);
     }
+
+    #[test]
+    fn our_own_writes_postpone_the_probe_while_the_peer_talks() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, I, T);
+        let s = Duration::from_secs;
+        l.on_inbound(t0 + s(20));
+        l.on_outbound(t0 + s(20));
+        assert_eq!(l.check(t0 + I), Verdict::Alive);
+        assert_eq!(l.next_deadline(), t0 + s(20) + I);
+        assert_eq!(l.check(t0 + s(20) + I), Verdict::Probe);
+    }
 }

@@ -259,10 +259,10 @@ mod tests {
         b.force_reserve_below(1, 2); // over the bound, under the limit
         assert_eq!(b.depth(), (2, 2));
         let b2 = b.clone();
-        let waiter = std::thread::spawn(move || b2.force_reserve_below(1, 2));
+        let waiter = Bounded::spawn(move || b2.force_reserve_below(1, 2));
         // The trim (a release) lets the waiter in.
         b.release(1);
-        waiter.join().unwrap();
+        waiter.join();
         assert_eq!(b.depth(), (2, 2));
     }
 
@@ -271,6 +271,184 @@ mod tests {
         let b = Budget::new(1, 1000);
         assert!(b.try_reserve(1));
         // A deadline already passed: no wait at all.
-        assert!(!b.reserve_until(1, Instant::now()));
+        assert!(!bounded(move || b.reserve_until(1, Instant::now())));
+    }
+
+    /// How long a test waits for a blocking call before failing (rather
+    /// than hanging the suite).
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// A blocking call on a thread of its own, joined within [`BOUND`].
+    struct Bounded<T> {
+        result: std::sync::mpsc::Receiver<T>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl<T: Send + 'static> Bounded<T> {
+        fn spawn(f: impl FnOnce() -> T + Send + 'static) -> Self {
+            let (tx, result) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                let _ = tx.send(f());
+            });
+            Bounded { result, thread }
+        }
+
+        fn join(self) -> T {
+            self.result
+                .recv_timeout(BOUND)
+                .expect("still blocked (or panicked)")
+        }
+
+        /// Spins (never sleeps) until `b` has a waiter, failing if the call
+        /// returned first: it took room it should have waited for.
+        fn until_waiting(&self, b: &Budget) {
+            while b.waiters.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    !self.thread.is_finished(),
+                    "returned without waiting for room"
+                );
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// `f` (a call that may block), failing if it has not returned within [`BOUND`].
+    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        Bounded::spawn(f).join()
+    }
+
+    #[test]
+    fn a_full_count_is_not_over_and_one_more_message_is() {
+        let b = Budget::new(2, 1000);
+        assert!(!b.is_over());
+        b.force_reserve(10);
+        b.force_reserve(10);
+        assert!(!b.is_over(), "at the count limit is within bounds");
+        b.force_reserve(10);
+        assert!(b.is_over(), "one past the count limit is over");
+    }
+
+    #[test]
+    fn bytes_exactly_at_the_limit_are_not_over_and_one_byte_more_is() {
+        let b = Budget::new(100, 100);
+        b.force_reserve(60);
+        b.force_reserve(40);
+        assert!(!b.is_over(), "at the byte limit is within bounds");
+        b.force_reserve(1);
+        assert!(b.is_over(), "three messages one byte over");
+        b.release(1);
+        b.release(40);
+        b.force_reserve(41);
+        assert!(b.is_over(), "two messages one byte over");
+    }
+
+    #[test]
+    fn one_oversized_message_alone_is_not_over_but_with_another_it_is() {
+        let b = Budget::new(100, 100);
+        b.force_reserve(150);
+        assert!(!b.is_over(), "it could never be sent otherwise");
+        b.force_reserve(1);
+        assert!(b.is_over());
+    }
+
+    #[test]
+    fn reserve_within_takes_room_at_once_and_only_once() {
+        let b = std::sync::Arc::new(Budget::new(2, 1000));
+        assert!(b.reserve_within(10, Duration::ZERO));
+        assert_eq!(b.depth(), (1, 10));
+        assert!(b.reserve_within(10, Duration::from_secs(3600)));
+        assert_eq!(b.depth(), (2, 20));
+        // Full, and no time to wait: refused, nothing taken.
+        let b2 = b.clone();
+        assert!(!bounded(move || b2.reserve_within(10, Duration::ZERO)));
+        assert_eq!(b.depth(), (2, 20));
+    }
+
+    #[test]
+    fn reserve_until_takes_free_room_even_past_its_deadline() {
+        let b = std::sync::Arc::new(Budget::new(1, 1000));
+        let past = Instant::now();
+        assert!(b.reserve_until(7, past));
+        assert_eq!(b.depth(), (1, 7));
+        let b2 = b.clone();
+        assert!(!bounded(move || b2.reserve_until(7, past)));
+        assert_eq!(b.depth(), (1, 7));
+    }
+
+    #[test]
+    fn blocked_reserve_waits_until_its_deadline_before_giving_up() {
+        let b = Budget::new(1, 1000);
+        assert!(b.try_reserve(1));
+        let deadline = Instant::now() + Duration::from_millis(5);
+        assert!(!b.reserve_until(1, deadline));
+        assert!(Instant::now() >= deadline, "gave up before its deadline");
+        assert_eq!(b.depth(), (1, 1));
+        assert_eq!(b.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_release_wakes_a_blocked_reserve_long_before_its_deadline() {
+        let b = std::sync::Arc::new(Budget::new(1, 1000));
+        assert!(b.try_reserve(5));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let b2 = b.clone();
+        let waiter = Bounded::spawn(move || (b2.reserve_until(3, deadline), Instant::now()));
+        waiter.until_waiting(&b);
+        b.release(5);
+        let (ok, at) = waiter.join();
+        assert!(ok);
+        assert!(at < deadline, "woken by its deadline, not by the release");
+        assert_eq!(b.depth(), (1, 3));
+        assert_eq!(b.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn release_many_frees_count_and_bytes_together() {
+        let b = Budget::new(3, 100);
+        for _ in 0..3 {
+            assert!(b.try_reserve(30));
+        }
+        assert!(!b.try_reserve(1));
+        b.release_many(2, 60);
+        assert_eq!(b.depth(), (1, 30));
+        assert!(b.try_reserve(70));
+        assert!(!b.try_reserve(1));
+    }
+
+    #[test]
+    fn drop_oldest_room_waits_at_and_past_its_limit_until_a_release() {
+        for already in [2, 3] {
+            let b = std::sync::Arc::new(Budget::new(1, 1000));
+            for _ in 0..already {
+                b.force_reserve(1);
+            }
+            let b2 = b.clone();
+            let waiter = Bounded::spawn(move || b2.force_reserve_below(1, 2));
+            waiter.until_waiting(&b);
+            // Waiting: it took nothing and stays blocked without a release.
+            let watch_until = Instant::now() + Duration::from_millis(20);
+            while Instant::now() < watch_until {
+                assert!(
+                    !waiter.thread.is_finished(),
+                    "took room at its limit ({already} counted)"
+                );
+                assert_eq!(b.depth(), (already, already));
+                std::thread::yield_now();
+            }
+            b.release_many(already - 1, already - 1);
+            waiter.join();
+            assert_eq!(b.depth(), (2, 2));
+            assert_eq!(b.waiters.load(Ordering::SeqCst), 0);
+        }
+    }
+
+    #[test]
+    fn drop_oldest_room_below_its_limit_is_taken_without_waiting() {
+        let b = Budget::new(1, 1000);
+        b.force_reserve_below(4, 2);
+        assert_eq!(b.depth(), (1, 4));
+        b.force_reserve_below(4, 2);
+        assert_eq!(b.depth(), (2, 8));
+        assert_eq!(b.waiters.load(Ordering::SeqCst), 0);
     }
 }
