@@ -22,12 +22,12 @@
 //! choices, latencies, and the session's backoff jitter through
 //! `fastrand`'s thread-local generator), so a trace replays exactly.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use serde_json::{Value, json};
 use tungstenite::Utf8Bytes;
 
@@ -182,6 +182,8 @@ struct Req {
     /// A failure that came after that.
     late: Option<Result<Message, Error>>,
     written: u32,
+    /// The client read its own reply in time on this connection.
+    own_reply: Option<u64>,
 }
 
 /// The server's view of one connection.
@@ -227,6 +229,9 @@ pub struct Figures {
     /// which the driver hands out only after it (so past their caller's
     /// deadline, when the goodbye outlasts it).
     pub delayed_by_goodbye: u64,
+    /// Requests that timed out though their own reply came in time (a
+    /// ghost took it).
+    pub robbed: u64,
 }
 
 /// The simulation: see the module docs.
@@ -260,6 +265,12 @@ pub struct Sim {
     server: Server,
     msgs: Vec<Msg>,
     reqs: Vec<Req>,
+    /// Per connection and operator: replies the server never sent, that
+    /// came after their caller gave up, or that went to another request;
+    /// and requests that timed out though their own reply came in time.
+    robbery: BTreeMap<(u64, String), (u32, u32)>,
+    /// The connection the client last read a frame from.
+    reading: u64,
     /// `close` was called (sends are refused).
     closing: bool,
     close_deadline: Option<Instant>,
@@ -349,6 +360,8 @@ impl Sim {
             server: Server::default(),
             msgs: Vec::new(),
             reqs: Vec::new(),
+            robbery: BTreeMap::new(),
+            reading: 0,
             closing: false,
             close_deadline: None,
             ended: false,
@@ -631,6 +644,7 @@ impl Sim {
             timed_out: false,
             late: None,
             written: 0,
+            own_reply: None,
         });
         self.note(|| format!("request k{k} {op} {req_id:?}"));
         self.cmds.push_back(Command::Send(item));
@@ -646,7 +660,29 @@ impl Sim {
     fn callers_at(&mut self, now: Instant) {
         for i in 0..self.reqs.len() {
             let r = &mut self.reqs[i];
-            if let Ok(answer) = r.rx.try_recv() {
+            let polled = r.rx.try_recv();
+            if let Err(TryRecvError::Disconnected) = polled
+                && r.answer.is_none()
+                && !r.timed_out
+            {
+                // Let go without an answer: the caller maps it as
+                // `Shared::request` does (before the deadline, only the
+                // I/O thread ending may do that: a closed link).
+                let outcome = crate::send::request_outcome(
+                    Err(RecvTimeoutError::Disconnected),
+                    r.deadline,
+                    now,
+                    Duration::ZERO,
+                );
+                if now < r.deadline || !matches!(outcome, Err(Error::Timeout(_))) {
+                    let k = r.k;
+                    self.fail(format!(
+                        "request k{k}: its waiter was let go without an answer; \
+                         its caller sees {outcome:?}"
+                    ));
+                }
+            }
+            if let Ok(answer) = polled {
                 // A failure sent after the caller gave up (close answers
                 // whatever is still queued) reaches nobody: the caller saw
                 // its timeout. A reply must never come that late.
@@ -679,11 +715,73 @@ impl Sim {
                          reached its caller after the deadline"
                     ));
                 }
+                // By name, a reply may reach another request of its
+                // operator (the price of FIFO matching): its own is then
+                // owed to someone else.
+                let other = match &answer {
+                    Ok(m) | Err(Error::Remote(m)) => {
+                        r.req_id.is_none() && m.get("k").and_then(Value::as_u64) != Some(r.k)
+                    }
+                    Err(_) => false,
+                };
+                let key = (self.reading, r.op.clone());
                 r.answer = Some((now, answer));
+                if other {
+                    self.robbery.entry(key).or_default().0 += 1;
+                }
                 self.check_answer(i);
             } else if r.answer.is_none() && !r.timed_out && now >= r.deadline {
                 r.timed_out = true;
+                if let Some(conn) = r.own_reply {
+                    let (k, key) = (r.k, (conn, r.op.clone()));
+                    self.robbed(k, key);
+                }
             }
+        }
+    }
+
+    /// The client is about to read `text` on `conn`: a request's own
+    /// reply, in time or after its caller gave up?
+    fn reply_read(&mut self, conn: u64, text: &str) {
+        self.reading = conn;
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let Some(k) = v["k"].as_u64() else { return };
+        let now = self.now;
+        let Some(r) = self
+            .reqs
+            .iter_mut()
+            .find(|r| r.k == k && r.answer.is_none())
+        else {
+            return;
+        };
+        if now < r.deadline && !r.timed_out {
+            r.own_reply = Some(conn);
+        } else {
+            let key = (conn, r.op.clone());
+            self.robbery.entry(key).or_default().0 += 1;
+        }
+    }
+
+    /// Request `k` timed out though its own reply came in time: a ghost
+    /// (a request given up earlier) or another live request took it.
+    /// Matching by name cannot tell a late reply from a lost one, but each
+    /// reply missing (never sent, late, or handed to another request) may
+    /// cost at most one such timeout (`pending`'s robbed rule), never a
+    /// chain.
+    fn robbed(&mut self, k: u64, key: (u64, String)) {
+        let e = self.robbery.entry(key.clone()).or_default();
+        e.1 += 1;
+        let (missing, robbed) = *e;
+        self.figures.robbed += 1;
+        if robbed > missing {
+            self.fail(format!(
+                "request k{k} timed out though its reply came in time: on conn {} \
+                 {robbed} {} requests lost their reply to another, but only {missing} \
+                 replies were missing, late or taken by another request",
+                key.0, key.1
+            ));
         }
     }
 
@@ -850,7 +948,10 @@ impl Sim {
             let mut reply = match self.rng.u8(..100) {
                 0..65 => json!({"Operator": format!("{op}OK")}),
                 65..75 => json!({"Operator": format!("{op}Error"), "reason": "no"}),
-                75..85 => return,
+                75..85 => {
+                    self.robbery.entry((conn, op)).or_default().0 += 1;
+                    return;
+                }
                 _ => json!({"Operator": format!("{op}OK"), "slow": true}),
             };
             reply["k"] = json!(k);
@@ -913,6 +1014,9 @@ impl Sim {
                 Down::Close(code) => Inbound::Close(Some(code)),
             };
             self.note(|| format!("conn {conn} reads {inbound:?}"));
+            if let Inbound::Text(t) = &inbound {
+                self.reply_read(conn, t.as_str());
+            }
             self.session.handle_frame(now, inbound);
             self.perform();
         }
@@ -1122,7 +1226,10 @@ impl Sim {
                     Down::Pong(n) => self
                         .session
                         .handle_frame(self.now, Inbound::Pong(n.to_be_bytes().to_vec())),
-                    Down::Text(t) => self.session.handle_frame(self.now, Inbound::Text(t.into())),
+                    Down::Text(t) => {
+                        self.reply_read(conn, &t);
+                        self.session.handle_frame(self.now, Inbound::Text(t.into()));
+                    }
                     Down::Close(_) => peer_closed = true,
                 }
                 // The driver performs what the session decided at once.
