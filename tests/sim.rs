@@ -59,20 +59,24 @@ impl ReferenceStateMachine for Link {
             1..8usize,
             64..1024usize,
             prop::option::weighted(0.2, 1..6u32),
+            prop_oneof![1..8usize, Just(1 << 16)],
         )
-            .prop_map(|(seed, b, capacity, max_bytes, max_attempts)| Setup {
-                cfg: SimConfig {
-                    seed,
-                    at_least_once: b[0],
-                    by_id: b[1],
-                    on_open: b[2],
-                    drop_oldest: b[3],
-                    app_heartbeat: b[4],
-                    capacity,
-                    max_bytes,
-                    max_attempts,
+            .prop_map(
+                |(seed, b, capacity, max_bytes, max_attempts, track_cap)| Setup {
+                    cfg: SimConfig {
+                        seed,
+                        at_least_once: b[0],
+                        by_id: b[1],
+                        on_open: b[2],
+                        drop_oldest: b[3],
+                        app_heartbeat: b[4],
+                        capacity,
+                        max_bytes,
+                        max_attempts,
+                        track_cap,
+                    },
                 },
-            })
+            )
             .boxed()
     }
 

@@ -38,7 +38,7 @@ use crate::outbox::Budget;
 use crate::pending::Key;
 use crate::session::{Inbound, Output, Rules, Session, Transmit, Written};
 use crate::state::{Counters, Stats};
-use crate::{Error, Failure, Message, Overflow, Status};
+use crate::{Error, Failure, LinkState, Message, Overflow, Status};
 
 /// The setup of one simulated link.
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ pub struct SimConfig {
     pub app_heartbeat: bool,
     /// Give up after this many failed attempts.
     pub max_attempts: Option<u32>,
+    /// Receipts and answered requests a connection keeps while it waits
+    /// for a pong (65,536 in the library; small, the bound is reached).
+    pub track_cap: usize,
 }
 
 /// What the `on_open` hook reports.
@@ -271,6 +274,8 @@ pub struct Sim {
     robbery: BTreeMap<(u64, String), (u32, u32)>,
     /// The connection the client last read a frame from.
     reading: u64,
+    /// The state the session last reported.
+    state: Option<LinkState>,
     /// `close` was called (sends are refused).
     closing: bool,
     close_deadline: Option<Instant>,
@@ -331,6 +336,7 @@ impl Sim {
             correlation_field: cfg.by_id.then(|| "reqId".into()),
             acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
             durable: false,
+            track_cap: cfg.track_cap,
         };
         let budget = Arc::new(Budget::new(cfg.capacity, cfg.max_bytes));
         let counters = Arc::new(Counters::default());
@@ -362,6 +368,7 @@ impl Sim {
             reqs: Vec::new(),
             robbery: BTreeMap::new(),
             reading: 0,
+            state: None,
             closing: false,
             close_deadline: None,
             ended: false,
@@ -809,7 +816,7 @@ impl Sim {
             Err(Error::Closed { .. }) => self.closing || self.ended,
             // Dropped to make room: never written, or queued again.
             Err(Error::OutboxFull { .. }) => {
-                self.cfg.drop_oldest && (r.written == 0 || r.idempotent)
+                self.cfg.drop_oldest && (r.written == 0 || r.idempotent) && r.k + 1 < self.next_k
             }
             Err(_) => false,
         };
@@ -1035,6 +1042,16 @@ impl Sim {
             match t {
                 Transmit::Ping(seq) => self.push_up(conn, Up::Ping(seq)),
                 Transmit::Text(text) => {
+                    let (receipts, answered) = self.session.tracked();
+                    if receipts + answered >= self.cfg.track_cap
+                        && text.as_str() != r#"{"Operator":"Heart"}"#
+                    {
+                        self.fail(format!(
+                            "wrote a message while {receipts} receipts and {answered} answered \
+                             requests waited for a pong (bound {})",
+                            self.cfg.track_cap
+                        ));
+                    }
                     let len = text.len();
                     self.written(&text);
                     self.push_up(conn, Up::Text(text));
@@ -1050,6 +1067,11 @@ impl Sim {
     /// The model learns what was written.
     fn written(&mut self, text: &Utf8Bytes) {
         if text.as_str() == r#"{"Operator":"Heart"}"# {
+            // While the on_open step runs, only its messages go out.
+            if self.state != Some(LinkState::Open) {
+                let state = self.state.clone();
+                self.fail(format!("the app heartbeat was written while {state:?}"));
+            }
             return;
         }
         let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
@@ -1113,7 +1135,10 @@ impl Sim {
             }
             Output::Answer(waiter, answer) => waiter.answer(answer),
             Output::Receipt(cell, status) => self.receipt(&cell, status),
-            Output::State(s) => self.note(|| format!("state {s:?}")),
+            Output::State(s) => {
+                self.note(|| format!("state {s:?}"));
+                self.state = Some(s);
+            }
             Output::JournalDrop(_) | Output::LastError(_) => {}
             Output::Ended => self.ended = true,
         }
@@ -1145,6 +1170,10 @@ impl Sim {
                 Status::Expired if m.written > 0 => Some("though written"),
                 Status::Failed(Failure::Dropped) if !self.cfg.drop_oldest => {
                     Some("without drop-oldest")
+                }
+                // Drop-oldest makes room for the newest: never drops it.
+                Status::Failed(Failure::Dropped) if m.k + 1 == self.next_k => {
+                    Some("though it is the one just accepted")
                 }
                 Status::Failed(Failure::Closed) if !self.closing => Some("before close"),
                 _ => None,
@@ -1253,6 +1282,15 @@ impl Sim {
         if (count, bytes) != held && !self.finished {
             self.fail(format!(
                 "the budget counts {count} messages / {bytes} bytes, the queues hold {held:?}"
+            ));
+        }
+        // Confirmation tracking is bounded: writing waits past it (replies
+        // to requests written before may still come).
+        let (receipts, _) = self.session.tracked();
+        if receipts > self.cfg.track_cap {
+            self.fail(format!(
+                "{receipts} receipts wait for a pong, over the bound {}",
+                self.cfg.track_cap
             ));
         }
         // Idempotent requests queued again take room past the bound.
