@@ -40,6 +40,11 @@ static FIRST_FAIL_CASE: AtomicU64 = AtomicU64::new(0);
 /// Steps of the last failing case: the minimal one once shrinking ends.
 static LAST_FAIL_LEN: AtomicU64 = AtomicU64::new(0);
 
+/// Up to 3 s, or now and then `u16::MAX`: `Duration::MAX`, no limit.
+fn millis() -> impl Strategy<Value = u16> {
+    prop_oneof![19 => 0..3000u16, 1 => Just(u16::MAX)]
+}
+
 /// The reference side only generates: the simulator holds the model.
 struct Link;
 
@@ -55,7 +60,7 @@ impl ReferenceStateMachine for Link {
     fn init_state() -> BoxedStrategy<Setup> {
         (
             any::<u64>(),
-            any::<[bool; 5]>(),
+            any::<[bool; 6]>(),
             1..8usize,
             64..1024usize,
             prop::option::weighted(0.2, 1..6u32),
@@ -70,6 +75,7 @@ impl ReferenceStateMachine for Link {
                         on_open: b[2],
                         drop_oldest: b[3],
                         app_heartbeat: b[4],
+                        unlimited: b[5],
                         capacity,
                         max_bytes,
                         max_attempts,
@@ -82,7 +88,7 @@ impl ReferenceStateMachine for Link {
 
     fn transitions(_: &Setup) -> BoxedStrategy<Step> {
         let send = (
-            prop::option::weighted(0.3, 0..3000u16),
+            prop::option::weighted(0.3, millis()),
             prop::bool::weighted(0.15),
             any::<bool>(),
             any::<u8>(),
@@ -95,7 +101,7 @@ impl ReferenceStateMachine for Link {
             });
         // Mostly one operator: matching by name is tested by requests of
         // one operator that overlap (a ghost and live requests).
-        let request = (prop::bool::weighted(0.2), 0..3000u16, any::<bool>()).prop_map(
+        let request = (prop::bool::weighted(0.2), millis(), any::<bool>()).prop_map(
             |(other, timeout_ms, idempotent)| Step::Request {
                 op: u8::from(other),
                 timeout_ms,

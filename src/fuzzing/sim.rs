@@ -61,6 +61,8 @@ pub struct SimConfig {
     pub app_heartbeat: bool,
     /// Give up after this many failed attempts.
     pub max_attempts: Option<u32>,
+    /// Connect and `on_open` timeouts are `Duration::MAX` (no limit).
+    pub unlimited: bool,
     /// Receipts and answered requests a connection keeps while it waits
     /// for a pong (65,536 in the library; small, the bound is reached).
     pub track_cap: usize,
@@ -83,7 +85,7 @@ pub enum Step {
     /// `send_with`: a message with an optional time to live (ms), volatile
     /// or not, with a receipt or not, padded by this many bytes.
     Send {
-        /// Time to live in milliseconds.
+        /// Time to live in milliseconds (`u16::MAX`: `Duration::MAX`).
         ttl_ms: Option<u16>,
         /// Never buffered across a reconnect.
         volatile: bool,
@@ -96,7 +98,7 @@ pub enum Step {
     Request {
         /// Which operator (0: `ReqA`, else `ReqB`).
         op: u8,
-        /// Timeout in milliseconds.
+        /// Timeout in milliseconds (`u16::MAX`: `Duration::MAX`).
         timeout_ms: u16,
         /// Safe to write again after a reconnect.
         idempotent: bool,
@@ -299,6 +301,15 @@ impl fmt::Debug for Sim {
 
 const LOG_KEEP: usize = 60;
 
+/// A step's milliseconds; `u16::MAX` stands for `Duration::MAX` (no limit).
+fn ms_or_max(ms: u16) -> Duration {
+    if ms == u16::MAX {
+        Duration::MAX
+    } else {
+        Duration::from_millis(u64::from(ms))
+    }
+}
+
 impl Sim {
     /// A link that starts now (the only read of the real clock).
     pub fn new(cfg: SimConfig) -> Sim {
@@ -323,8 +334,16 @@ impl Sim {
                 max_attempts: cfg.max_attempts,
             },
             retry_rejections: false,
-            connect_timeout: ms(1000),
-            login_timeout: ms(1500),
+            connect_timeout: if cfg.unlimited {
+                Duration::MAX
+            } else {
+                ms(1000)
+            },
+            login_timeout: if cfg.unlimited {
+                Duration::MAX
+            } else {
+                ms(1500)
+            },
             on_open: cfg.on_open,
             overflow: if cfg.drop_oldest {
                 Overflow::DropOldest
@@ -570,7 +589,8 @@ impl Sim {
             item.id = Some(id);
             id
         });
-        item.expires = ttl_ms.map(|t| self.now + Duration::from_millis(u64::from(t)));
+        // As `send_with` computes it.
+        item.expires = ttl_ms.map(|t| crate::time::after(self.now, ms_or_max(t)));
         item.volatile = volatile;
         let cell = receipt.then(ReceiptCell::new);
         if let (Some(c), Some(id)) = (&cell, id) {
@@ -622,7 +642,10 @@ impl Sim {
             return self.note(|| format!("request k{k}: outbox full"));
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let deadline = self.now + Duration::from_millis(u64::from(timeout_ms) + 1);
+        // As `request_with` computes it (a millisecond later: the caller
+        // gives up just after the session would answer).
+        let timeout = ms_or_max(timeout_ms).saturating_add(Duration::from_millis(1));
+        let deadline = crate::time::after(self.now, timeout);
         let waiter = Waiter {
             tx,
             errors: vec![format!("{op}Error")],
@@ -1188,6 +1211,9 @@ impl Sim {
         let k = m.k;
         self.note(|| format!("receipt k{k} {status:?} (final {is_final})"));
         self.msgs[i].statuses.push(status);
+        if is_final {
+            self.counted_before(k, status);
+        }
     }
 
     /// Close: the goodbye (`Socket::goodbye`), then `Session::finish`.
@@ -1309,6 +1335,38 @@ impl Sim {
             if m.read > 1 {
                 self.fail(format!("k{} read {} times at most once", m.k, m.read));
             }
+        }
+    }
+
+    /// Whoever sees a final status sees it counted: at the moment receipt
+    /// `k` turns final, the counters hold every final status given so far.
+    fn counted_before(&self, k: u64, status: Status) {
+        let s = self.stats();
+        let finals = |f: &dyn Fn(&Status) -> bool| {
+            let last = |m: &Msg| m.statuses.last().copied();
+            let done = |m: &&Msg| m.statuses.iter().any(|s| s.is_final());
+            self.msgs
+                .iter()
+                .filter(done)
+                .filter_map(last)
+                .filter(f)
+                .count() as u64
+        };
+        let acked = finals(&|s| *s == Status::Acknowledged);
+        let expired = finals(&|s| *s == Status::Expired);
+        let given_up = finals(&|s| {
+            matches!(
+                s,
+                Status::Failed(Failure::Dropped | Failure::PossiblyLost | Failure::NotOpen)
+            )
+        });
+        if s.acknowledged < acked || s.expired < expired || s.dropped + s.possibly_lost < given_up {
+            self.fail(format!(
+                "receipt of k{k} turned {status:?} before the counters moved: {acked} acknowledged, \
+                 {expired} expired, {given_up} dropped or lost receipts, but the counters say \
+                 {} / {} / {} + {}",
+                s.acknowledged, s.expired, s.dropped, s.possibly_lost
+            ));
         }
     }
 
