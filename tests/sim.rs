@@ -124,6 +124,8 @@ impl ReferenceStateMachine for Link {
             1 => Just(Step::BlackHole),
             1 => Just(Step::PeerClose),
             1 => Just(Step::NoPong),
+            3 => (any::<bool>(), prop::bool::weighted(0.3))
+                .prop_map(|(request, stale)| Step::HookSend { request, stale }),
             2 => Just(Step::ReconnectNow),
             1 => (0..3000u16).prop_map(Step::Close),
         ]

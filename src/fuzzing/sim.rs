@@ -127,6 +127,15 @@ pub enum Step {
     PeerClose,
     /// The server stops answering pings on this connection.
     NoPong,
+    /// The `on_open` hook's `Link` sends (or asks, by name or id as the
+    /// link does): for the step still running, or a `Link` kept past it.
+    HookSend {
+        /// A request (`ReqA`) instead of a message.
+        request: bool,
+        /// The handle found the connection live just before it went (and
+        /// another may have come): the command reaches the session anyway.
+        stale: bool,
+    },
     /// `reconnect_now`.
     ReconnectNow,
     /// `close` with this timeout (ms).
@@ -170,6 +179,8 @@ struct Msg {
     /// Times the server's WebSocket layer read it.
     read: u32,
     handed_back: bool,
+    /// The `on_open` step's message for this connection.
+    hook: Option<u64>,
 }
 
 /// One request, as its caller sees it.
@@ -189,6 +200,8 @@ struct Req {
     written: u32,
     /// The client read its own reply in time on this connection.
     own_reply: Option<u64>,
+    /// The `on_open` step's request for this connection.
+    hook: Option<u64>,
 }
 
 /// The server's view of one connection.
@@ -263,6 +276,8 @@ pub struct Sim {
     /// Connections that became black holes.
     holes: Vec<u64>,
     hooks: VecDeque<u64>,
+    /// The connection the last `on_open` step ran for (its `Link` may be kept).
+    last_hook: Option<u64>,
     /// Outputs of the goodbye, with when the session gave them.
     held: VecDeque<(Instant, Output)>,
     up: VecDeque<Flight<Up>>,
@@ -379,6 +394,7 @@ impl Sim {
             reset: None,
             holes: Vec::new(),
             hooks: VecDeque::new(),
+            last_hook: None,
             held: VecDeque::new(),
             up: VecDeque::new(),
             down: VecDeque::new(),
@@ -460,7 +476,8 @@ impl Sim {
                 op,
                 timeout_ms,
                 idempotent,
-            } => self.request(*op, *timeout_ms, *idempotent),
+            } => self.request(*op, *timeout_ms, *idempotent, None),
+            Step::HookSend { request, stale } => self.hook_send(*request, *stale),
             Step::Advance(ms) => self.advance(self.now + Duration::from_millis(u64::from(*ms))),
             Step::Sleep => self.sleep(),
             Step::ConnectOk => {
@@ -607,13 +624,47 @@ impl Sim {
             written: 0,
             read: 0,
             handed_back: false,
+            hook: None,
         });
         self.note(|| format!("send k{k} id {id:?}"));
         self.cmds.push_back(Command::Send(item));
     }
 
-    fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool) {
-        if self.closing || self.ended {
+    /// The `on_open` hook's `Link` sends or asks, as `Shared::submit` does:
+    /// refused with `ConnectionLost` once its connection is gone (the
+    /// driver holds another or none), never refused for `close`.
+    fn hook_send(&mut self, request: bool, stale: bool) {
+        let Some(conn) = self.hooks.front().copied().or(self.last_hook) else {
+            return;
+        };
+        if !stale && (self.sock != Some(conn) || self.ended) {
+            return self.note(|| format!("hook send on conn {conn}: ConnectionLost"));
+        }
+        if request {
+            return self.request(0, 1000, false, Some(conn));
+        }
+        let k = self.next_k;
+        self.next_k += 1;
+        let text = json!({"Operator": "Post", "k": k, "pad": "", "hook": conn}).to_string();
+        self.figures.sent += 1;
+        self.msgs.push(Msg {
+            k,
+            id: None,
+            expires: None,
+            receipt: None,
+            statuses: Vec::new(),
+            written: 0,
+            read: 0,
+            handed_back: false,
+            hook: Some(conn),
+        });
+        self.note(|| format!("hook send k{k} on conn {conn}"));
+        let item = Item::new(text);
+        self.cmds.push_back(Command::OnOpen { conn, item });
+    }
+
+    fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool, hook: Option<u64>) {
+        if hook.is_none() && (self.closing || self.ended) {
             return;
         }
         let k = self.next_k;
@@ -632,7 +683,10 @@ impl Sim {
             }
         };
         let mut item = Item::new(value.to_string());
-        let reserved = if self.cfg.drop_oldest {
+        // The on_open step's messages take no room in the outbox.
+        let reserved = if hook.is_some() {
+            true
+        } else if self.cfg.drop_oldest {
             self.budget.force_reserve(item.weight);
             true
         } else {
@@ -675,9 +729,13 @@ impl Sim {
             late: None,
             written: 0,
             own_reply: None,
+            hook,
         });
-        self.note(|| format!("request k{k} {op} {req_id:?}"));
-        self.cmds.push_back(Command::Send(item));
+        self.note(|| format!("request k{k} {op} {req_id:?} hook {hook:?}"));
+        self.cmds.push_back(match hook {
+            Some(conn) => Command::OnOpen { conn, item },
+            None => Command::Send(item),
+        });
     }
 
     /// Poll each waiting caller's channel; a caller whose deadline passed
@@ -833,6 +891,8 @@ impl Sim {
             }
             // Written, and its link died (an idempotent one is written
             // again, unless the link ended or is closing).
+            // The on_open step's request, whose connection went before it was written.
+            Err(Error::ConnectionLost) if r.hook.is_some() && r.written == 0 => !late,
             Err(Error::ConnectionLost) => {
                 !late && r.written > 0 && (!r.idempotent || self.closing || self.ended)
             }
@@ -966,7 +1026,11 @@ impl Sim {
                 }
                 None => {
                     // At most once: each message once, in the order accepted.
-                    if let Some(last) = self.server.app.last()
+                    // (the on_open step's messages go ahead of the outbox's)
+                    let hook = |k: u64| self.msgs.iter().any(|m| m.k == k && m.hook.is_some());
+                    let outbox_last = self.server.app.iter().rev().find(|k| !hook(**k));
+                    if !hook(k)
+                        && let Some(last) = outbox_last
                         && *last >= k
                     {
                         self.fail(format!("the server's application got k{k} after k{last}"));
@@ -1100,15 +1164,29 @@ impl Sim {
         let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
         let k = v["k"].as_u64().unwrap_or(0);
         let now = self.now;
+        let (sock, open) = (self.sock, self.state == Some(LinkState::Open));
+        // The on_open step's messages go on their connection only; the
+        // outbox's only once it is open.
+        let gate = |hook: Option<u64>| match hook {
+            Some(conn) if sock != Some(conn) => Some("on another connection than its step's"),
+            None if !open => Some("before the on_open step finished"),
+            _ => None,
+        };
         if let Some(m) = self.msgs.iter_mut().find(|m| m.k == k) {
             if m.written == 0 && m.expires.is_some_and(|e| e <= now) {
                 self.fail(format!("k{k} written after its time to live ran out"));
+            }
+            if let Some(why) = gate(m.hook) {
+                self.fail(format!("k{k} written {why}"));
             }
             m.written += 1;
         } else if let Some(r) = self.reqs.iter_mut().find(|r| r.k == k) {
             if r.answer.is_some() || r.deadline <= now {
                 let what = format!("request k{k} written after it was answered or timed out");
                 self.fail(what);
+            }
+            if let Some(why) = gate(r.hook) {
+                self.fail(format!("request k{k} written {why}"));
             }
             r.written += 1;
         } else {
@@ -1147,7 +1225,10 @@ impl Sim {
                     self.server.conn = None;
                 }
             }
-            Output::RunHook { conn } => self.hooks.push_back(conn),
+            Output::RunHook { conn } => {
+                self.hooks.push_back(conn);
+                self.last_hook = Some(conn);
+            }
             Output::Dispatch(ev) => {
                 if let Event::Message(m) = &ev
                     && !["News", "HeartOK"].contains(&m.operator())
