@@ -269,6 +269,8 @@ pub struct Sim {
     cmds: VecDeque<Command>,
     /// The running connect attempt (its deadline).
     attempt: Option<Instant>,
+    /// Connect attempts failed in a row (no connection between them).
+    failed_in_a_row: u32,
     /// The connection the driver holds.
     sock: Option<u64>,
     /// The client's connection was reset: its next read fails.
@@ -390,6 +392,7 @@ impl Sim {
             next_req: 1,
             cmds: VecDeque::new(),
             attempt: None,
+            failed_in_a_row: 0,
             sock: None,
             reset: None,
             holes: Vec::new(),
@@ -484,6 +487,7 @@ impl Sim {
                 if self.attempt.take().is_some() {
                     let id = self.session.handle_connected(self.now);
                     self.figures.connects += 1;
+                    self.failed_in_a_row = 0;
                     self.sock = Some(id);
                     self.server.conn = Some(ServerConn {
                         id,
@@ -503,6 +507,7 @@ impl Sim {
                         },
                         _ => Error::Rejected { status: 403 },
                     };
+                    self.failed_in_a_row += 1;
                     self.session.handle_connect_failed(self.now, e);
                     self.perform();
                 }
@@ -1211,6 +1216,15 @@ impl Sim {
                 }
                 if self.sock.is_some() {
                     self.fail("a connect attempt while connected".into());
+                }
+                // `reconnect_max_attempts(n)` gives up at the n-th failure.
+                if let Some(n) = self.cfg.max_attempts
+                    && self.failed_in_a_row >= n
+                {
+                    let failed = self.failed_in_a_row;
+                    self.fail(format!(
+                        "a connect attempt after {failed} failed in a row (max attempts {n})"
+                    ));
                 }
                 self.note(|| "connect attempt".into());
                 self.attempt = Some(deadline);
