@@ -279,6 +279,8 @@ pub struct Sim {
     attempt: Option<Instant>,
     /// Connect attempts failed in a row (no connection between them).
     failed_in_a_row: u32,
+    /// A fatal `on_open` verdict was given this step: the link must end.
+    fatal_due: bool,
     /// The connection the driver holds.
     sock: Option<u64>,
     /// The client's connection was reset: its next read fails.
@@ -401,6 +403,7 @@ impl Sim {
             cmds: VecDeque::new(),
             attempt: None,
             failed_in_a_row: 0,
+            fatal_due: false,
             sock: None,
             reset: None,
             holes: Vec::new(),
@@ -527,6 +530,11 @@ impl Sim {
                         HookVerdict::Err => (Err(Error::Timeout(Duration::from_secs(1))), false),
                         HookVerdict::Fatal => (Err(Error::Fatal("banned".into())), false),
                     };
+                    // A fatal verdict ends the link even if its connection
+                    // died meanwhile, unless a later on_open step succeeded.
+                    let settled =
+                        matches!(self.state, Some(LinkState::Open | LinkState::Closed(_)));
+                    self.fatal_due |= *v == HookVerdict::Fatal && !settled;
                     self.cmds.push_back(Command::HookDone {
                         conn,
                         result,
@@ -582,6 +590,10 @@ impl Sim {
             }
         }
         self.turn();
+        if std::mem::take(&mut self.fatal_due) && !self.ended {
+            let state = self.state.clone();
+            self.fail(format!("a fatal on_open verdict left the link {state:?}"));
+        }
         self.check();
     }
 }
