@@ -337,6 +337,12 @@ pub fn session(data: &[u8]) {
         capacity: usize::from(input.u8() % 16) + 1,
         max_bytes: usize::from(input.u16() % 4096) + 64,
         max_attempts: (flags & 32 != 0).then(|| u32::from(input.u8() % 6) + 1),
+        unlimited: flags & 64 != 0,
+        track_cap: if flags & 128 != 0 {
+            usize::from(input.u8() % 8) + 1
+        } else {
+            65_536
+        },
     };
     let mut sim = Sim::new(cfg);
     while !input.done() {

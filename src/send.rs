@@ -264,7 +264,7 @@ impl Shared {
 /// What a request's caller gets. The I/O thread lets go of a waiter
 /// without answering only once its deadline has passed (by its clock,
 /// which is ours): that is a timeout, not a closed link.
-fn request_outcome(
+pub(crate) fn request_outcome(
     answer: Result<Result<Message, Error>, RecvTimeoutError>,
     deadline: Instant,
     now: Instant,

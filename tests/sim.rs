@@ -31,6 +31,19 @@ static STEPS_RUN: AtomicU64 = AtomicU64::new(0);
 static DELIVERED: AtomicU64 = AtomicU64::new(0);
 static CONNECTS: AtomicU64 = AtomicU64::new(0);
 static DELAYED: AtomicU64 = AtomicU64::new(0);
+static ROBBED: AtomicU64 = AtomicU64::new(0);
+/// Steps and cases applied so far, and at the first failure (0: none yet).
+static APPLIED: AtomicU64 = AtomicU64::new(0);
+static CASES_RUN: AtomicU64 = AtomicU64::new(0);
+static FIRST_FAIL_STEPS: AtomicU64 = AtomicU64::new(0);
+static FIRST_FAIL_CASE: AtomicU64 = AtomicU64::new(0);
+/// Steps of the last failing case: the minimal one once shrinking ends.
+static LAST_FAIL_LEN: AtomicU64 = AtomicU64::new(0);
+
+/// Up to 3 s, or now and then `u16::MAX`: `Duration::MAX`, no limit.
+fn millis() -> impl Strategy<Value = u16> {
+    prop_oneof![19 => 0..3000u16, 1 => Just(u16::MAX)]
+}
 
 /// The reference side only generates: the simulator holds the model.
 struct Link;
@@ -47,30 +60,35 @@ impl ReferenceStateMachine for Link {
     fn init_state() -> BoxedStrategy<Setup> {
         (
             any::<u64>(),
-            any::<[bool; 5]>(),
+            any::<[bool; 6]>(),
             1..8usize,
             64..1024usize,
             prop::option::weighted(0.2, 1..6u32),
+            prop_oneof![1..8usize, Just(1 << 16)],
         )
-            .prop_map(|(seed, b, capacity, max_bytes, max_attempts)| Setup {
-                cfg: SimConfig {
-                    seed,
-                    at_least_once: b[0],
-                    by_id: b[1],
-                    on_open: b[2],
-                    drop_oldest: b[3],
-                    app_heartbeat: b[4],
-                    capacity,
-                    max_bytes,
-                    max_attempts,
+            .prop_map(
+                |(seed, b, capacity, max_bytes, max_attempts, track_cap)| Setup {
+                    cfg: SimConfig {
+                        seed,
+                        at_least_once: b[0],
+                        by_id: b[1],
+                        on_open: b[2],
+                        drop_oldest: b[3],
+                        app_heartbeat: b[4],
+                        unlimited: b[5],
+                        capacity,
+                        max_bytes,
+                        max_attempts,
+                        track_cap,
+                    },
                 },
-            })
+            )
             .boxed()
     }
 
     fn transitions(_: &Setup) -> BoxedStrategy<Step> {
         let send = (
-            prop::option::weighted(0.3, 0..3000u16),
+            prop::option::weighted(0.3, millis()),
             prop::bool::weighted(0.15),
             any::<bool>(),
             any::<u8>(),
@@ -81,17 +99,18 @@ impl ReferenceStateMachine for Link {
                 receipt,
                 pad,
             });
-        let request =
-            (0..2u8, 0..3000u16, any::<bool>()).prop_map(|(op, timeout_ms, idempotent)| {
-                Step::Request {
-                    op,
-                    timeout_ms,
-                    idempotent,
-                }
-            });
+        // Mostly one operator: matching by name is tested by requests of
+        // one operator that overlap (a ghost and live requests).
+        let request = (prop::bool::weighted(0.2), millis(), any::<bool>()).prop_map(
+            |(other, timeout_ms, idempotent)| Step::Request {
+                op: u8::from(other),
+                timeout_ms,
+                idempotent,
+            },
+        );
         prop_oneof![
             20 => send,
-            8 => request,
+            12 => request,
             12 => (0..1500u16).prop_map(Step::Advance),
             10 => Just(Step::Sleep),
             10 => Just(Step::ConnectOk),
@@ -105,6 +124,8 @@ impl ReferenceStateMachine for Link {
             1 => Just(Step::BlackHole),
             1 => Just(Step::PeerClose),
             1 => Just(Step::NoPong),
+            3 => (any::<bool>(), prop::bool::weighted(0.3))
+                .prop_map(|(request, stale)| Step::HookSend { request, stale }),
             2 => Just(Step::ReconnectNow),
             1 => (0..3000u16).prop_map(Step::Close),
         ]
@@ -127,6 +148,9 @@ impl StateMachineTest for Simulated {
     }
 
     fn apply(mut sim: Sim, _: &Setup, step: Step) -> Sim {
+        if !sim.finished() {
+            APPLIED.fetch_add(1, Ordering::Relaxed);
+        }
         sim.step(&step);
         sim
     }
@@ -146,6 +170,7 @@ impl StateMachineTest for Simulated {
         DELIVERED.fetch_add(f.delivered, Ordering::Relaxed);
         CONNECTS.fetch_add(f.connects, Ordering::Relaxed);
         DELAYED.fetch_add(f.delayed_by_goodbye, Ordering::Relaxed);
+        ROBBED.fetch_add(f.robbed, Ordering::Relaxed);
     }
 }
 
@@ -167,23 +192,45 @@ fn the_real_session_keeps_every_invariant_under_simulated_faults() {
     let result = runner.run(
         &Link::sequential_strategy(1..STEPS),
         |(setup, steps, seen)| {
-            Simulated::test_sequential(config(), setup, steps, seen);
+            let case = CASES_RUN.fetch_add(1, Ordering::Relaxed) + 1;
+            let len = steps.len() as u64;
+            let run = std::panic::AssertUnwindSafe(|| {
+                Simulated::test_sequential(config(), setup, steps, seen);
+            });
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                // Before shrinking: how far the search went until the first failure.
+                if FIRST_FAIL_CASE.load(Ordering::Relaxed) == 0 {
+                    FIRST_FAIL_CASE.store(case, Ordering::Relaxed);
+                    FIRST_FAIL_STEPS.store(APPLIED.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                LAST_FAIL_LEN.store(len, Ordering::Relaxed);
+                std::panic::resume_unwind(panic);
+            }
             Ok(())
         },
     );
     if let Err(e) = result {
-        panic!("{e}");
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        panic!(
+            "{e}\nsim: first failure in case {} after {} steps in all; \
+             the minimal case has {} steps (plus the closing ones)",
+            get(&FIRST_FAIL_CASE),
+            get(&FIRST_FAIL_STEPS),
+            get(&LAST_FAIL_LEN),
+        );
     }
     let steps = STEPS_RUN.load(Ordering::Relaxed);
     let took = started.elapsed();
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(
         "sim: {} cases, {steps} steps in {took:.2?} ({:.0} steps/s); {} connections, \
-         {} messages delivered, {} answers held back by the goodbye",
+         {} messages delivered, {} answers held back by the goodbye, \
+         {} requests robbed by a ghost",
         config().cases,
         steps as f64 / took.as_secs_f64(),
         get(&CONNECTS),
         get(&DELIVERED),
         get(&DELAYED),
+        get(&ROBBED),
     );
 }

@@ -46,6 +46,8 @@ pub(super) struct ConnState {
     ping_seq: u64,
     /// The driver reads the socket (it stops while the dispatcher is full).
     reading: bool,
+    /// [`TRACK_CAP`], unless the rules say otherwise.
+    track_cap: usize,
 }
 
 impl ConnState {
@@ -64,6 +66,7 @@ impl ConnState {
             awaiting: VecDeque::new(),
             ping_seq: 0,
             reading: true,
+            track_cap: rules.track_cap,
         }
     }
 
@@ -116,10 +119,15 @@ impl ConnState {
         self.ping.is_none() && self.written > self.confirmed
     }
 
+    /// Receipts and answered requests waiting for a pong.
+    pub(super) fn tracked(&self) -> usize {
+        self.awaiting.len() + self.answered.len()
+    }
+
     /// Receipts and answered requests waiting for a pong are at their bound:
     /// write nothing more until one comes (or the link is declared dead).
     pub(super) fn tracking_full(&self) -> bool {
-        self.awaiting.len() + self.answered.len() >= TRACK_CAP
+        self.tracked() >= self.track_cap
     }
 
     /// When the link is to be declared dead for want of a pong: the

@@ -31,6 +31,14 @@ impl Session {
         items.fold((0, 0), |(n, b), i| (n + 1, b + i.weight))
     }
 
+    /// Receipts and answered requests the connection keeps until a pong.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn tracked(&self) -> (usize, usize) {
+        self.conn.as_ref().map_or((0, 0), |c| {
+            (c.awaiting.len(), c.tracked() - c.awaiting.len())
+        })
+    }
+
     /// Requests written before and queued again after their link died
     /// (idempotent ones): they take room past the bound.
     #[cfg(feature = "fuzzing")]

@@ -72,6 +72,9 @@ pub(crate) struct Rules {
     pub(crate) acks: Option<(String, String)>,
     /// Durable: messages with ids stay in the journal at close.
     pub(crate) durable: bool,
+    /// Receipts and answered requests one connection keeps while it waits
+    /// for a pong ([`conn::TRACK_CAP`]; the simulator makes it small).
+    pub(crate) track_cap: usize,
 }
 
 impl Rules {
@@ -97,6 +100,7 @@ impl Rules {
                 .at_least_once
                 .then(|| (cfg.ack_operator.clone(), cfg.msg_id_field.clone())),
             durable: cfg.journal.is_some(),
+            track_cap: conn::TRACK_CAP,
         }
     }
 }

@@ -40,6 +40,7 @@ fn rules() -> Rules {
         correlation_field: None,
         acks: None,
         durable: false,
+        track_cap: super::conn::TRACK_CAP,
     }
 }
 

@@ -18,16 +18,20 @@
 //!   its goodbye as `Socket::goodbye` does it. Waiters are real one-shot
 //!   channels the caller polls; it gives up at its deadline.
 //!
+//! Here: the configuration, the steps, the caller and the driver; the
+//! network and the clock in `net.rs`, the server in `server.rs`, the
+//! invariants in `checks.rs`.
+//!
 //! Randomness comes from the configuration's seed only (the server's
 //! choices, latencies, and the session's backoff jitter through
 //! `fastrand`'s thread-local generator), so a trace replays exactly.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use serde_json::{Value, json};
 use tungstenite::Utf8Bytes;
 
@@ -37,8 +41,12 @@ use crate::delivery::ReceiptCell;
 use crate::outbox::Budget;
 use crate::pending::Key;
 use crate::session::{Inbound, Output, Rules, Session, Transmit, Written};
-use crate::state::{Counters, Stats};
-use crate::{Error, Failure, Message, Overflow, Status};
+use crate::state::Counters;
+use crate::{Error, Failure, LinkState, Message, Overflow, Status};
+
+mod checks;
+mod net;
+mod server;
 
 /// The setup of one simulated link.
 #[derive(Debug, Clone)]
@@ -61,6 +69,11 @@ pub struct SimConfig {
     pub app_heartbeat: bool,
     /// Give up after this many failed attempts.
     pub max_attempts: Option<u32>,
+    /// Connect and `on_open` timeouts are `Duration::MAX` (no limit).
+    pub unlimited: bool,
+    /// Receipts and answered requests a connection keeps while it waits
+    /// for a pong (65,536 in the library; small, the bound is reached).
+    pub track_cap: usize,
 }
 
 /// What the `on_open` hook reports.
@@ -80,7 +93,7 @@ pub enum Step {
     /// `send_with`: a message with an optional time to live (ms), volatile
     /// or not, with a receipt or not, padded by this many bytes.
     Send {
-        /// Time to live in milliseconds.
+        /// Time to live in milliseconds (`u16::MAX`: `Duration::MAX`).
         ttl_ms: Option<u16>,
         /// Never buffered across a reconnect.
         volatile: bool,
@@ -93,7 +106,7 @@ pub enum Step {
     Request {
         /// Which operator (0: `ReqA`, else `ReqB`).
         op: u8,
-        /// Timeout in milliseconds.
+        /// Timeout in milliseconds (`u16::MAX`: `Duration::MAX`).
         timeout_ms: u16,
         /// Safe to write again after a reconnect.
         idempotent: bool,
@@ -122,6 +135,15 @@ pub enum Step {
     PeerClose,
     /// The server stops answering pings on this connection.
     NoPong,
+    /// The `on_open` hook's `Link` sends (or asks, by name or id as the
+    /// link does): for the step still running, or a `Link` kept past it.
+    HookSend {
+        /// A request (`ReqA`) instead of a message.
+        request: bool,
+        /// The handle found the connection live just before it went (and
+        /// another may have come): the command reaches the session anyway.
+        stale: bool,
+    },
     /// `reconnect_now`.
     ReconnectNow,
     /// `close` with this timeout (ms).
@@ -165,6 +187,8 @@ struct Msg {
     /// Times the server's WebSocket layer read it.
     read: u32,
     handed_back: bool,
+    /// The `on_open` step's message for this connection.
+    hook: Option<u64>,
 }
 
 /// One request, as its caller sees it.
@@ -182,6 +206,10 @@ struct Req {
     /// A failure that came after that.
     late: Option<Result<Message, Error>>,
     written: u32,
+    /// The client read its own reply in time on this connection.
+    own_reply: Option<u64>,
+    /// The `on_open` step's request for this connection.
+    hook: Option<u64>,
 }
 
 /// The server's view of one connection.
@@ -227,6 +255,9 @@ pub struct Figures {
     /// which the driver hands out only after it (so past their caller's
     /// deadline, when the goodbye outlasts it).
     pub delayed_by_goodbye: u64,
+    /// Requests that timed out though their own reply came in time (a
+    /// ghost took it).
+    pub robbed: u64,
 }
 
 /// The simulation: see the module docs.
@@ -246,6 +277,10 @@ pub struct Sim {
     cmds: VecDeque<Command>,
     /// The running connect attempt (its deadline).
     attempt: Option<Instant>,
+    /// Connect attempts failed in a row (no connection between them).
+    failed_in_a_row: u32,
+    /// A fatal `on_open` verdict was given this step: the link must end.
+    fatal_due: bool,
     /// The connection the driver holds.
     sock: Option<u64>,
     /// The client's connection was reset: its next read fails.
@@ -253,6 +288,8 @@ pub struct Sim {
     /// Connections that became black holes.
     holes: Vec<u64>,
     hooks: VecDeque<u64>,
+    /// The connection the last `on_open` step ran for (its `Link` may be kept).
+    last_hook: Option<u64>,
     /// Outputs of the goodbye, with when the session gave them.
     held: VecDeque<(Instant, Output)>,
     up: VecDeque<Flight<Up>>,
@@ -260,6 +297,14 @@ pub struct Sim {
     server: Server,
     msgs: Vec<Msg>,
     reqs: Vec<Req>,
+    /// Per connection and operator: replies the server never sent, that
+    /// came after their caller gave up, or that went to another request;
+    /// and requests that timed out though their own reply came in time.
+    robbery: BTreeMap<(u64, String), (u32, u32)>,
+    /// The connection the client last read a frame from.
+    reading: u64,
+    /// The state the session last reported.
+    state: Option<LinkState>,
     /// `close` was called (sends are refused).
     closing: bool,
     close_deadline: Option<Instant>,
@@ -282,6 +327,15 @@ impl fmt::Debug for Sim {
 }
 
 const LOG_KEEP: usize = 60;
+
+/// A step's milliseconds; `u16::MAX` stands for `Duration::MAX` (no limit).
+fn ms_or_max(ms: u16) -> Duration {
+    if ms == u16::MAX {
+        Duration::MAX
+    } else {
+        Duration::from_millis(u64::from(ms))
+    }
+}
 
 impl Sim {
     /// A link that starts now (the only read of the real clock).
@@ -307,8 +361,16 @@ impl Sim {
                 max_attempts: cfg.max_attempts,
             },
             retry_rejections: false,
-            connect_timeout: ms(1000),
-            login_timeout: ms(1500),
+            connect_timeout: if cfg.unlimited {
+                Duration::MAX
+            } else {
+                ms(1000)
+            },
+            login_timeout: if cfg.unlimited {
+                Duration::MAX
+            } else {
+                ms(1500)
+            },
             on_open: cfg.on_open,
             overflow: if cfg.drop_oldest {
                 Overflow::DropOldest
@@ -320,6 +382,7 @@ impl Sim {
             correlation_field: cfg.by_id.then(|| "reqId".into()),
             acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
             durable: false,
+            track_cap: cfg.track_cap,
         };
         let budget = Arc::new(Budget::new(cfg.capacity, cfg.max_bytes));
         let counters = Arc::new(Counters::default());
@@ -339,16 +402,22 @@ impl Sim {
             next_req: 1,
             cmds: VecDeque::new(),
             attempt: None,
+            failed_in_a_row: 0,
+            fatal_due: false,
             sock: None,
             reset: None,
             holes: Vec::new(),
             hooks: VecDeque::new(),
+            last_hook: None,
             held: VecDeque::new(),
             up: VecDeque::new(),
             down: VecDeque::new(),
             server: Server::default(),
             msgs: Vec::new(),
             reqs: Vec::new(),
+            robbery: BTreeMap::new(),
+            reading: 0,
+            state: None,
             closing: false,
             close_deadline: None,
             ended: false,
@@ -421,13 +490,15 @@ impl Sim {
                 op,
                 timeout_ms,
                 idempotent,
-            } => self.request(*op, *timeout_ms, *idempotent),
+            } => self.request(*op, *timeout_ms, *idempotent, None),
+            Step::HookSend { request, stale } => self.hook_send(*request, *stale),
             Step::Advance(ms) => self.advance(self.now + Duration::from_millis(u64::from(*ms))),
             Step::Sleep => self.sleep(),
             Step::ConnectOk => {
                 if self.attempt.take().is_some() {
                     let id = self.session.handle_connected(self.now);
                     self.figures.connects += 1;
+                    self.failed_in_a_row = 0;
                     self.sock = Some(id);
                     self.server.conn = Some(ServerConn {
                         id,
@@ -447,6 +518,7 @@ impl Sim {
                         },
                         _ => Error::Rejected { status: 403 },
                     };
+                    self.failed_in_a_row += 1;
                     self.session.handle_connect_failed(self.now, e);
                     self.perform();
                 }
@@ -458,6 +530,11 @@ impl Sim {
                         HookVerdict::Err => (Err(Error::Timeout(Duration::from_secs(1))), false),
                         HookVerdict::Fatal => (Err(Error::Fatal("banned".into())), false),
                     };
+                    // A fatal verdict ends the link even if its connection
+                    // died meanwhile, unless a later on_open step succeeded.
+                    let settled =
+                        matches!(self.state, Some(LinkState::Open | LinkState::Closed(_)));
+                    self.fatal_due |= *v == HookVerdict::Fatal && !settled;
                     self.cmds.push_back(Command::HookDone {
                         conn,
                         result,
@@ -513,6 +590,10 @@ impl Sim {
             }
         }
         self.turn();
+        if std::mem::take(&mut self.fatal_due) && !self.ended {
+            let state = self.state.clone();
+            self.fail(format!("a fatal on_open verdict left the link {state:?}"));
+        }
         self.check();
     }
 }
@@ -550,7 +631,8 @@ impl Sim {
             item.id = Some(id);
             id
         });
-        item.expires = ttl_ms.map(|t| self.now + Duration::from_millis(u64::from(t)));
+        // As `send_with` computes it.
+        item.expires = ttl_ms.map(|t| crate::time::after(self.now, ms_or_max(t)));
         item.volatile = volatile;
         let cell = receipt.then(ReceiptCell::new);
         if let (Some(c), Some(id)) = (&cell, id) {
@@ -567,13 +649,47 @@ impl Sim {
             written: 0,
             read: 0,
             handed_back: false,
+            hook: None,
         });
         self.note(|| format!("send k{k} id {id:?}"));
         self.cmds.push_back(Command::Send(item));
     }
 
-    fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool) {
-        if self.closing || self.ended {
+    /// The `on_open` hook's `Link` sends or asks, as `Shared::submit` does:
+    /// refused with `ConnectionLost` once its connection is gone (the
+    /// driver holds another or none), never refused for `close`.
+    fn hook_send(&mut self, request: bool, stale: bool) {
+        let Some(conn) = self.hooks.front().copied().or(self.last_hook) else {
+            return;
+        };
+        if !stale && (self.sock != Some(conn) || self.ended) {
+            return self.note(|| format!("hook send on conn {conn}: ConnectionLost"));
+        }
+        if request {
+            return self.request(0, 1000, false, Some(conn));
+        }
+        let k = self.next_k;
+        self.next_k += 1;
+        let text = json!({"Operator": "Post", "k": k, "pad": "", "hook": conn}).to_string();
+        self.figures.sent += 1;
+        self.msgs.push(Msg {
+            k,
+            id: None,
+            expires: None,
+            receipt: None,
+            statuses: Vec::new(),
+            written: 0,
+            read: 0,
+            handed_back: false,
+            hook: Some(conn),
+        });
+        self.note(|| format!("hook send k{k} on conn {conn}"));
+        let item = Item::new(text);
+        self.cmds.push_back(Command::OnOpen { conn, item });
+    }
+
+    fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool, hook: Option<u64>) {
+        if hook.is_none() && (self.closing || self.ended) {
             return;
         }
         let k = self.next_k;
@@ -592,7 +708,10 @@ impl Sim {
             }
         };
         let mut item = Item::new(value.to_string());
-        let reserved = if self.cfg.drop_oldest {
+        // The on_open step's messages take no room in the outbox.
+        let reserved = if hook.is_some() {
+            true
+        } else if self.cfg.drop_oldest {
             self.budget.force_reserve(item.weight);
             true
         } else {
@@ -602,7 +721,10 @@ impl Sim {
             return self.note(|| format!("request k{k}: outbox full"));
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let deadline = self.now + Duration::from_millis(u64::from(timeout_ms) + 1);
+        // As `request_with` computes it (a millisecond later: the caller
+        // gives up just after the session would answer).
+        let timeout = ms_or_max(timeout_ms).saturating_add(Duration::from_millis(1));
+        let deadline = crate::time::after(self.now, timeout);
         let waiter = Waiter {
             tx,
             errors: vec![format!("{op}Error")],
@@ -631,9 +753,14 @@ impl Sim {
             timed_out: false,
             late: None,
             written: 0,
+            own_reply: None,
+            hook,
         });
-        self.note(|| format!("request k{k} {op} {req_id:?}"));
-        self.cmds.push_back(Command::Send(item));
+        self.note(|| format!("request k{k} {op} {req_id:?} hook {hook:?}"));
+        self.cmds.push_back(match hook {
+            Some(conn) => Command::OnOpen { conn, item },
+            None => Command::Send(item),
+        });
     }
 
     /// Poll each waiting caller's channel; a caller whose deadline passed
@@ -646,7 +773,29 @@ impl Sim {
     fn callers_at(&mut self, now: Instant) {
         for i in 0..self.reqs.len() {
             let r = &mut self.reqs[i];
-            if let Ok(answer) = r.rx.try_recv() {
+            let polled = r.rx.try_recv();
+            if let Err(TryRecvError::Disconnected) = polled
+                && r.answer.is_none()
+                && !r.timed_out
+            {
+                // Let go without an answer: the caller maps it as
+                // `Shared::request` does (before the deadline, only the
+                // I/O thread ending may do that: a closed link).
+                let outcome = crate::send::request_outcome(
+                    Err(RecvTimeoutError::Disconnected),
+                    r.deadline,
+                    now,
+                    Duration::ZERO,
+                );
+                if now < r.deadline || !matches!(outcome, Err(Error::Timeout(_))) {
+                    let k = r.k;
+                    self.fail(format!(
+                        "request k{k}: its waiter was let go without an answer; \
+                         its caller sees {outcome:?}"
+                    ));
+                }
+            }
+            if let Ok(answer) = polled {
                 // A failure sent after the caller gave up (close answers
                 // whatever is still queued) reaches nobody: the caller saw
                 // its timeout. A reply must never come that late.
@@ -679,202 +828,29 @@ impl Sim {
                          reached its caller after the deadline"
                     ));
                 }
+                // By name, a reply may reach another request of its
+                // operator (the price of FIFO matching): its own is then
+                // owed to someone else.
+                let other = match &answer {
+                    Ok(m) | Err(Error::Remote(m)) => {
+                        r.req_id.is_none() && m.get("k").and_then(Value::as_u64) != Some(r.k)
+                    }
+                    Err(_) => false,
+                };
+                let key = (self.reading, r.op.clone());
                 r.answer = Some((now, answer));
+                if other {
+                    self.robbery.entry(key).or_default().0 += 1;
+                }
                 self.check_answer(i);
             } else if r.answer.is_none() && !r.timed_out && now >= r.deadline {
                 r.timed_out = true;
-            }
-        }
-    }
-
-    fn check_answer(&self, i: usize) {
-        let r = &self.reqs[i];
-        let Some((at, answer)) = &r.answer else {
-            return;
-        };
-        let late = *at >= r.deadline;
-        let by_id = |m: &Message| {
-            r.req_id.is_none()
-                || (m.get("reqId").and_then(Value::as_u64) == r.req_id
-                    && m.get("k").and_then(Value::as_u64) == Some(r.k))
-        };
-        let ok = match answer {
-            Ok(m) => !late && m.operator() == format!("{}OK", r.op) && by_id(m) && r.written > 0,
-            Err(Error::Remote(m)) => {
-                !late && m.operator() == format!("{}Error", r.op) && by_id(m) && r.written > 0
-            }
-            // Written, and its link died (an idempotent one is written
-            // again, unless the link ended or is closing).
-            Err(Error::ConnectionLost) => {
-                !late && r.written > 0 && (!r.idempotent || self.closing || self.ended)
-            }
-            Err(Error::Closed { .. }) => self.closing || self.ended,
-            // Dropped to make room: never written, or queued again.
-            Err(Error::OutboxFull { .. }) => {
-                self.cfg.drop_oldest && (r.written == 0 || r.idempotent)
-            }
-            Err(_) => false,
-        };
-        if !ok {
-            self.fail(format!(
-                "request k{} ({}, deadline {} ms, idempotent {}, written {}x) got {answer:?} at {} ms",
-                r.k,
-                r.op,
-                (r.deadline - self.t0).as_millis(),
-                r.idempotent,
-                r.written,
-                (*at - self.t0).as_millis()
-            ));
-        }
-    }
-}
-
-// ---- time and the network
-impl Sim {
-    fn advance(&mut self, to: Instant) {
-        if to > self.now {
-            self.now = to;
-        }
-        self.server_turn(self.now);
-    }
-
-    /// To the next deadline or arrival (at most a few seconds on).
-    fn sleep(&mut self) {
-        let next = [
-            self.session.poll_timeout(),
-            self.up.front().map(|f| f.at),
-            self.down.front().map(|f| f.at),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let cap = self.now + Duration::from_secs(5);
-        self.advance(next.map_or(cap, |t| t.min(cap)));
-    }
-
-    fn push_down(&mut self, at: Instant, conn: u64, frame: Down) {
-        // In order, as on one TCP stream.
-        let at = self.down.back().map_or(at, |f| f.at.max(at));
-        self.down.push_back(Flight { at, conn, frame });
-    }
-
-    fn push_up(&mut self, conn: u64, frame: Up) {
-        if self.holes.contains(&conn) {
-            return;
-        }
-        let at = self.now + self.latency();
-        let at = self.up.back().map_or(at, |f| f.at.max(at));
-        self.up.push_back(Flight { at, conn, frame });
-    }
-
-    fn server_send(&mut self, at: Instant, conn: u64, v: Value) {
-        self.push_down(at, conn, Down::Text(v.to_string()));
-    }
-
-    /// The server reads what has reached it by `until`, in order.
-    fn server_turn(&mut self, until: Instant) {
-        while self.up.front().is_some_and(|f| f.at <= until) {
-            let Some(f) = self.up.pop_front() else { break };
-            self.server_read(f);
-        }
-    }
-
-    fn server_read(&mut self, f: Flight<Up>) {
-        let Some(c) = self
-            .server
-            .conn
-            .as_ref()
-            .filter(|c| c.id == f.conn && !c.closing)
-        else {
-            return;
-        };
-        let (conn, no_pong) = (c.id, c.no_pong);
-        let at = f.at + self.latency();
-        match f.frame {
-            Up::Ping(n) => {
-                if !no_pong {
-                    self.push_down(at, conn, Down::Pong(n));
+                if let Some(conn) = r.own_reply {
+                    let (k, key) = (r.k, (conn, r.op.clone()));
+                    self.robbed(k, key);
                 }
             }
-            Up::Close => {
-                if let Some(c) = self.server.conn.as_mut() {
-                    c.closing = true;
-                }
-                self.push_down(at, conn, Down::Close(1000));
-            }
-            Up::Text(text) => self.server_message(at, conn, &text),
         }
-    }
-
-    fn server_message(&mut self, at: Instant, conn: u64, text: &str) {
-        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| {
-            self.fail(format!(
-                "the client wrote a frame that is not JSON ({e}): {text}"
-            ))
-        });
-        let op = v["Operator"].as_str().unwrap_or_default().to_owned();
-        let k = v["k"].as_u64();
-        if op == "Post" {
-            let k = k.unwrap_or_else(|| self.fail(format!("a Post without k: {text}")));
-            let Some(m) = self.msgs.iter_mut().find(|m| m.k == k) else {
-                self.fail(format!("the server read k{k}, which was never sent"));
-            };
-            m.read += 1;
-            match v.get("msgId").and_then(Value::as_u64) {
-                Some(id) => {
-                    let run = v.get("msgRun").and_then(Value::as_u64);
-                    if run != self.server.run || id > self.server.highest {
-                        self.server.run = run;
-                        self.server.highest = id;
-                        self.server.app.push(k);
-                    } else {
-                        self.server.duplicates += 1;
-                    }
-                    match self.rng.u8(..100) {
-                        0..70 => self.ack(at, conn),
-                        70..85 => self.server.ack_owed = true,
-                        _ => {}
-                    }
-                }
-                None => {
-                    // At most once: each message once, in the order accepted.
-                    if let Some(last) = self.server.app.last()
-                        && *last >= k
-                    {
-                        self.fail(format!("the server's application got k{k} after k{last}"));
-                    }
-                    self.server.app.push(k);
-                }
-            }
-        } else if op.starts_with("Req") {
-            let mut reply = match self.rng.u8(..100) {
-                0..65 => json!({"Operator": format!("{op}OK")}),
-                65..75 => json!({"Operator": format!("{op}Error"), "reason": "no"}),
-                75..85 => return,
-                _ => json!({"Operator": format!("{op}OK"), "slow": true}),
-            };
-            reply["k"] = json!(k);
-            if let Some(id) = v.get("reqId") {
-                reply["reqId"] = id.clone();
-            }
-            let delay = if reply.get("slow").is_some() {
-                Duration::from_millis(self.rng.u64(200..3000))
-            } else {
-                Duration::ZERO
-            };
-            self.server_send(at + delay, conn, reply);
-        } else if op == "Heart" {
-            self.server_send(at, conn, json!({"Operator": "HeartOK"}));
-        }
-        if self.server.ack_owed && op != "Post" {
-            self.ack(at, conn);
-        }
-    }
-
-    fn ack(&mut self, at: Instant, conn: u64) {
-        self.server.ack_owed = false;
-        let n = self.server.highest;
-        self.server_send(at, conn, json!({"Operator": "Ack", "msgId": n}));
     }
 }
 
@@ -913,6 +889,9 @@ impl Sim {
                 Down::Close(code) => Inbound::Close(Some(code)),
             };
             self.note(|| format!("conn {conn} reads {inbound:?}"));
+            if let Inbound::Text(t) = &inbound {
+                self.reply_read(conn, t.as_str());
+            }
             self.session.handle_frame(now, inbound);
             self.perform();
         }
@@ -931,6 +910,16 @@ impl Sim {
             match t {
                 Transmit::Ping(seq) => self.push_up(conn, Up::Ping(seq)),
                 Transmit::Text(text) => {
+                    let (receipts, answered) = self.session.tracked();
+                    if receipts + answered >= self.cfg.track_cap
+                        && text.as_str() != r#"{"Operator":"Heart"}"#
+                    {
+                        self.fail(format!(
+                            "wrote a message while {receipts} receipts and {answered} answered \
+                             requests waited for a pong (bound {})",
+                            self.cfg.track_cap
+                        ));
+                    }
                     let len = text.len();
                     self.written(&text);
                     self.push_up(conn, Up::Text(text));
@@ -946,20 +935,39 @@ impl Sim {
     /// The model learns what was written.
     fn written(&mut self, text: &Utf8Bytes) {
         if text.as_str() == r#"{"Operator":"Heart"}"# {
+            // While the on_open step runs, only its messages go out.
+            if self.state != Some(LinkState::Open) {
+                let state = self.state.clone();
+                self.fail(format!("the app heartbeat was written while {state:?}"));
+            }
             return;
         }
         let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
         let k = v["k"].as_u64().unwrap_or(0);
         let now = self.now;
+        let (sock, open) = (self.sock, self.state == Some(LinkState::Open));
+        // The on_open step's messages go on their connection only; the
+        // outbox's only once it is open.
+        let gate = |hook: Option<u64>| match hook {
+            Some(conn) if sock != Some(conn) => Some("on another connection than its step's"),
+            None if !open => Some("before the on_open step finished"),
+            _ => None,
+        };
         if let Some(m) = self.msgs.iter_mut().find(|m| m.k == k) {
             if m.written == 0 && m.expires.is_some_and(|e| e <= now) {
                 self.fail(format!("k{k} written after its time to live ran out"));
+            }
+            if let Some(why) = gate(m.hook) {
+                self.fail(format!("k{k} written {why}"));
             }
             m.written += 1;
         } else if let Some(r) = self.reqs.iter_mut().find(|r| r.k == k) {
             if r.answer.is_some() || r.deadline <= now {
                 let what = format!("request k{k} written after it was answered or timed out");
                 self.fail(what);
+            }
+            if let Some(why) = gate(r.hook) {
+                self.fail(format!("request k{k} written {why}"));
             }
             r.written += 1;
         } else {
@@ -985,6 +993,15 @@ impl Sim {
                 if self.sock.is_some() {
                     self.fail("a connect attempt while connected".into());
                 }
+                // `reconnect_max_attempts(n)` gives up at the n-th failure.
+                if let Some(n) = self.cfg.max_attempts
+                    && self.failed_in_a_row >= n
+                {
+                    let failed = self.failed_in_a_row;
+                    self.fail(format!(
+                        "a connect attempt after {failed} failed in a row (max attempts {n})"
+                    ));
+                }
                 self.note(|| "connect attempt".into());
                 self.attempt = Some(deadline);
             }
@@ -998,7 +1015,10 @@ impl Sim {
                     self.server.conn = None;
                 }
             }
-            Output::RunHook { conn } => self.hooks.push_back(conn),
+            Output::RunHook { conn } => {
+                self.hooks.push_back(conn);
+                self.last_hook = Some(conn);
+            }
             Output::Dispatch(ev) => {
                 if let Event::Message(m) = &ev
                     && !["News", "HeartOK"].contains(&m.operator())
@@ -1012,7 +1032,10 @@ impl Sim {
                 waiter.answer(answer);
             }
             Output::Receipt(cell, status) => self.receipt(&cell, status),
-            Output::State(s) => self.note(|| format!("state {s:?}")),
+            Output::State(s) => {
+                self.note(|| format!("state {s:?}"));
+                self.state = Some(s);
+            }
             Output::JournalDrop(_) | Output::LastError(_) => {}
             Output::Ended => self.ended = true,
         }
@@ -1045,6 +1068,10 @@ impl Sim {
                 Status::Failed(Failure::Dropped) if !self.cfg.drop_oldest => {
                     Some("without drop-oldest")
                 }
+                // Drop-oldest makes room for the newest: never drops it.
+                Status::Failed(Failure::Dropped) if m.k + 1 == self.next_k => {
+                    Some("though it is the one just accepted")
+                }
                 Status::Failed(Failure::Closed) if !self.closing => Some("before close"),
                 _ => None,
             }
@@ -1058,6 +1085,9 @@ impl Sim {
         let k = m.k;
         self.note(|| format!("receipt k{k} {status:?} (final {is_final})"));
         self.msgs[i].statuses.push(status);
+        if is_final {
+            self.counted_before(k, status);
+        }
     }
 
     /// Close: the goodbye (`Socket::goodbye`), then `Session::finish`.
@@ -1125,139 +1155,15 @@ impl Sim {
                     Down::Pong(n) => self
                         .session
                         .handle_frame(self.now, Inbound::Pong(n.to_be_bytes().to_vec())),
-                    Down::Text(t) => self.session.handle_frame(self.now, Inbound::Text(t.into())),
+                    Down::Text(t) => {
+                        self.reply_read(conn, &t);
+                        self.session.handle_frame(self.now, Inbound::Text(t.into()));
+                    }
                     Down::Close(_) => peer_closed = true,
                 }
                 // The driver performs what the session decided at once.
                 self.perform();
                 self.callers();
-            }
-        }
-    }
-}
-
-// ---- invariants
-impl Sim {
-    fn stats(&self) -> Stats {
-        self.counters.snapshot(self.budget.depth())
-    }
-
-    /// After every step.
-    fn check(&self) {
-        let (count, bytes) = self.budget.depth();
-        let held = self.session.held();
-        if (count, bytes) != held && !self.finished {
-            self.fail(format!(
-                "the budget counts {count} messages / {bytes} bytes, the queues hold {held:?}"
-            ));
-        }
-        // Idempotent requests queued again take room past the bound.
-        let slack = self.session.requeued_requests();
-        let cap = self.cfg.capacity + slack;
-        if count > cap || (count > 1 + slack && bytes > self.cfg.max_bytes + 64 * slack) {
-            self.fail(format!(
-                "the outbox holds {count} messages / {bytes} bytes, over its bound ({} / {})",
-                self.cfg.capacity, self.cfg.max_bytes
-            ));
-        }
-        for m in &self.msgs {
-            if self.cfg.at_least_once && m.id.is_some() {
-                continue;
-            }
-            if m.read > 1 {
-                self.fail(format!("k{} read {} times at most once", m.k, m.read));
-            }
-        }
-    }
-
-    /// Once `close` has finished: every message and request has its one outcome.
-    fn final_checks(&self) {
-        let s = self.stats();
-        for r in &self.reqs {
-            if r.answer.is_none() && !r.timed_out {
-                self.fail(format!(
-                    "request k{} was neither answered nor timed out",
-                    r.k
-                ));
-            }
-        }
-        let (mut never, mut lost_plain, mut written_stamped, mut dropped_written) = (0, 0, 0, 0);
-        for m in &self.msgs {
-            let finals = m.statuses.iter().filter(|s| s.is_final()).count();
-            if m.receipt.is_some() && finals != 1 {
-                self.fail(format!("receipt of k{} ended with {:?}", m.k, m.statuses));
-            }
-            if m.handed_back {
-                if m.written > 0 && m.id.is_none() {
-                    self.fail(format!("k{} was written, then handed back at close", m.k));
-                }
-                if m.receipt.is_some()
-                    && m.statuses.last() != Some(&Status::Failed(Failure::Closed))
-                {
-                    self.fail(format!("k{} handed back with {:?}", m.k, m.statuses));
-                }
-                continue;
-            }
-            if m.written == 0 {
-                never += 1;
-                if m.read > 0 {
-                    self.fail(format!("k{} read but never written", m.k));
-                }
-            } else if m.id.is_some() {
-                written_stamped += 1;
-                if m.statuses.last() == Some(&Status::Failed(Failure::Dropped)) {
-                    dropped_written += 1;
-                }
-            } else if m.read == 0 {
-                lost_plain += 1;
-            }
-        }
-        let dropped_requests = self
-            .reqs
-            .iter()
-            .filter(|r| r.written == 0)
-            .filter(|r| {
-                let answer = r.answer.as_ref().map(|(_, a)| a).or(r.late.as_ref());
-                matches!(answer, Some(Err(Error::OutboxFull { .. })))
-            })
-            .count() as u64;
-        // Never written and not handed back: dropped or expired, counted once.
-        if s.dropped + s.expired != never + dropped_requests {
-            self.fail(format!(
-                "{never} sends and {dropped_requests} requests were never written nor handed back, \
-                 but dropped {} + expired {} were counted",
-                s.dropped, s.expired
-            ));
-        }
-        // Written, never handed back: delivered (acknowledged) or counted lost.
-        if s.acknowledged > written_stamped
-            || (!self.cfg.drop_oldest && s.acknowledged != written_stamped)
-        {
-            self.fail(format!(
-                "{written_stamped} stamped messages were written and not handed back, {} acknowledged",
-                s.acknowledged
-            ));
-        }
-        let unacked = written_stamped - s.acknowledged;
-        if unacked < dropped_written || s.possibly_lost < lost_plain + unacked {
-            self.fail(format!(
-                "{lost_plain} plain messages lost in transit and {unacked} written stamped ones \
-                 dropped unacknowledged, but possibly_lost = {}",
-                s.possibly_lost
-            ));
-        }
-        // Every acknowledged id reached the server's application (one the
-        // client gave up to drop-oldest may have been lost: not acknowledged).
-        let acked = self.session.acked();
-        for m in &self.msgs {
-            let given_up = m.statuses.last() == Some(&Status::Failed(Failure::Dropped))
-                || (self.cfg.drop_oldest && m.receipt.is_none());
-            let acknowledged = m.id.is_some_and(|id| id <= acked) && m.written > 0;
-            if acknowledged && !given_up && !self.server.app.contains(&m.k) {
-                self.fail(format!(
-                    "k{} (id {:?}) acknowledged, never handled",
-                    m.k, m.id
-                ));
             }
         }
     }

@@ -1,0 +1,266 @@
+//! The invariants: each caller's answer, the robbed rule, receipts
+//! counted before they turn final, the outbox and tracking bounds after
+//! every step, and every outcome once `close` has finished.
+
+use serde_json::Value;
+
+use super::{Msg, Sim};
+use crate::state::Stats;
+use crate::{Error, Failure, Message, Status};
+
+impl Sim {
+    /// The client is about to read `text` on `conn`: a request's own
+    /// reply, in time or after its caller gave up?
+    pub(super) fn reply_read(&mut self, conn: u64, text: &str) {
+        self.reading = conn;
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let Some(k) = v["k"].as_u64() else { return };
+        let now = self.now;
+        let Some(r) = self
+            .reqs
+            .iter_mut()
+            .find(|r| r.k == k && r.answer.is_none())
+        else {
+            return;
+        };
+        if now < r.deadline && !r.timed_out {
+            r.own_reply = Some(conn);
+        } else {
+            let key = (conn, r.op.clone());
+            self.robbery.entry(key).or_default().0 += 1;
+        }
+    }
+
+    /// Request `k` timed out though its own reply came in time: a ghost
+    /// (a request given up earlier) or another live request took it.
+    /// Matching by name cannot tell a late reply from a lost one, but each
+    /// reply missing (never sent, late, or handed to another request) may
+    /// cost at most one such timeout (`pending`'s robbed rule), never a
+    /// chain.
+    pub(super) fn robbed(&mut self, k: u64, key: (u64, String)) {
+        let e = self.robbery.entry(key.clone()).or_default();
+        e.1 += 1;
+        let (missing, robbed) = *e;
+        self.figures.robbed += 1;
+        if robbed > missing {
+            self.fail(format!(
+                "request k{k} timed out though its reply came in time: on conn {} \
+                 {robbed} {} requests lost their reply to another, but only {missing} \
+                 replies were missing, late or taken by another request",
+                key.0, key.1
+            ));
+        }
+    }
+
+    pub(super) fn check_answer(&self, i: usize) {
+        let r = &self.reqs[i];
+        let Some((at, answer)) = &r.answer else {
+            return;
+        };
+        let late = *at >= r.deadline;
+        let by_id = |m: &Message| {
+            r.req_id.is_none()
+                || (m.get("reqId").and_then(Value::as_u64) == r.req_id
+                    && m.get("k").and_then(Value::as_u64) == Some(r.k))
+        };
+        let ok = match answer {
+            Ok(m) => !late && m.operator() == format!("{}OK", r.op) && by_id(m) && r.written > 0,
+            Err(Error::Remote(m)) => {
+                !late && m.operator() == format!("{}Error", r.op) && by_id(m) && r.written > 0
+            }
+            // Written, and its link died (an idempotent one is written
+            // again, unless the link ended or is closing).
+            // The on_open step's request, whose connection went before it was written.
+            Err(Error::ConnectionLost) if r.hook.is_some() && r.written == 0 => !late,
+            Err(Error::ConnectionLost) => {
+                !late && r.written > 0 && (!r.idempotent || self.closing || self.ended)
+            }
+            Err(Error::Closed { .. }) => self.closing || self.ended,
+            // Dropped to make room: never written, or queued again.
+            Err(Error::OutboxFull { .. }) => {
+                self.cfg.drop_oldest && (r.written == 0 || r.idempotent) && r.k + 1 < self.next_k
+            }
+            Err(_) => false,
+        };
+        if !ok {
+            self.fail(format!(
+                "request k{} ({}, deadline {} ms, idempotent {}, written {}x) got {answer:?} at {} ms",
+                r.k,
+                r.op,
+                (r.deadline - self.t0).as_millis(),
+                r.idempotent,
+                r.written,
+                (*at - self.t0).as_millis()
+            ));
+        }
+    }
+
+    // ---- after every step, and at the end
+
+    pub(super) fn stats(&self) -> Stats {
+        self.counters.snapshot(self.budget.depth())
+    }
+
+    /// After every step.
+    pub(super) fn check(&self) {
+        let (count, bytes) = self.budget.depth();
+        let held = self.session.held();
+        if (count, bytes) != held && !self.finished {
+            self.fail(format!(
+                "the budget counts {count} messages / {bytes} bytes, the queues hold {held:?}"
+            ));
+        }
+        // Confirmation tracking is bounded: writing waits past it (replies
+        // to requests written before may still come).
+        let (receipts, _) = self.session.tracked();
+        if receipts > self.cfg.track_cap {
+            self.fail(format!(
+                "{receipts} receipts wait for a pong, over the bound {}",
+                self.cfg.track_cap
+            ));
+        }
+        // Idempotent requests queued again take room past the bound.
+        let slack = self.session.requeued_requests();
+        let cap = self.cfg.capacity + slack;
+        if count > cap || (count > 1 + slack && bytes > self.cfg.max_bytes + 64 * slack) {
+            self.fail(format!(
+                "the outbox holds {count} messages / {bytes} bytes, over its bound ({} / {})",
+                self.cfg.capacity, self.cfg.max_bytes
+            ));
+        }
+        for m in &self.msgs {
+            if self.cfg.at_least_once && m.id.is_some() {
+                continue;
+            }
+            if m.read > 1 {
+                self.fail(format!("k{} read {} times at most once", m.k, m.read));
+            }
+        }
+    }
+
+    /// Whoever sees a final status sees it counted: at the moment receipt
+    /// `k` turns final, the counters hold every final status given so far.
+    pub(super) fn counted_before(&self, k: u64, status: Status) {
+        let s = self.stats();
+        let finals = |f: &dyn Fn(&Status) -> bool| {
+            let last = |m: &Msg| m.statuses.last().copied();
+            let done = |m: &&Msg| m.statuses.iter().any(|s| s.is_final());
+            self.msgs
+                .iter()
+                .filter(done)
+                .filter_map(last)
+                .filter(f)
+                .count() as u64
+        };
+        let acked = finals(&|s| *s == Status::Acknowledged);
+        let expired = finals(&|s| *s == Status::Expired);
+        let given_up = finals(&|s| {
+            matches!(
+                s,
+                Status::Failed(Failure::Dropped | Failure::PossiblyLost | Failure::NotOpen)
+            )
+        });
+        if s.acknowledged < acked || s.expired < expired || s.dropped + s.possibly_lost < given_up {
+            self.fail(format!(
+                "receipt of k{k} turned {status:?} before the counters moved: {acked} acknowledged, \
+                 {expired} expired, {given_up} dropped or lost receipts, but the counters say \
+                 {} / {} / {} + {}",
+                s.acknowledged, s.expired, s.dropped, s.possibly_lost
+            ));
+        }
+    }
+
+    /// Once `close` has finished: every message and request has its one outcome.
+    pub(super) fn final_checks(&self) {
+        let s = self.stats();
+        for r in &self.reqs {
+            if r.answer.is_none() && !r.timed_out {
+                self.fail(format!(
+                    "request k{} was neither answered nor timed out",
+                    r.k
+                ));
+            }
+        }
+        let (mut never, mut lost_plain, mut written_stamped, mut dropped_written) = (0, 0, 0, 0);
+        for m in &self.msgs {
+            let finals = m.statuses.iter().filter(|s| s.is_final()).count();
+            if m.receipt.is_some() && finals != 1 {
+                self.fail(format!("receipt of k{} ended with {:?}", m.k, m.statuses));
+            }
+            if m.handed_back {
+                if m.written > 0 && m.id.is_none() {
+                    self.fail(format!("k{} was written, then handed back at close", m.k));
+                }
+                if m.receipt.is_some()
+                    && m.statuses.last() != Some(&Status::Failed(Failure::Closed))
+                {
+                    self.fail(format!("k{} handed back with {:?}", m.k, m.statuses));
+                }
+                continue;
+            }
+            if m.written == 0 {
+                never += 1;
+                if m.read > 0 {
+                    self.fail(format!("k{} read but never written", m.k));
+                }
+            } else if m.id.is_some() {
+                written_stamped += 1;
+                if m.statuses.last() == Some(&Status::Failed(Failure::Dropped)) {
+                    dropped_written += 1;
+                }
+            } else if m.read == 0 {
+                lost_plain += 1;
+            }
+        }
+        let dropped_requests = self
+            .reqs
+            .iter()
+            .filter(|r| r.written == 0)
+            .filter(|r| {
+                let answer = r.answer.as_ref().map(|(_, a)| a).or(r.late.as_ref());
+                matches!(answer, Some(Err(Error::OutboxFull { .. })))
+            })
+            .count() as u64;
+        // Never written and not handed back: dropped or expired, counted once.
+        if s.dropped + s.expired != never + dropped_requests {
+            self.fail(format!(
+                "{never} sends and {dropped_requests} requests were never written nor handed back, \
+                 but dropped {} + expired {} were counted",
+                s.dropped, s.expired
+            ));
+        }
+        // Written, never handed back: delivered (acknowledged) or counted lost.
+        if s.acknowledged > written_stamped
+            || (!self.cfg.drop_oldest && s.acknowledged != written_stamped)
+        {
+            self.fail(format!(
+                "{written_stamped} stamped messages were written and not handed back, {} acknowledged",
+                s.acknowledged
+            ));
+        }
+        let unacked = written_stamped - s.acknowledged;
+        if unacked < dropped_written || s.possibly_lost < lost_plain + unacked {
+            self.fail(format!(
+                "{lost_plain} plain messages lost in transit and {unacked} written stamped ones \
+                 dropped unacknowledged, but possibly_lost = {}",
+                s.possibly_lost
+            ));
+        }
+        // Every acknowledged id reached the server's application (one the
+        // client gave up to drop-oldest may have been lost: not acknowledged).
+        let acked = self.session.acked();
+        for m in &self.msgs {
+            let given_up = m.statuses.last() == Some(&Status::Failed(Failure::Dropped))
+                || (self.cfg.drop_oldest && m.receipt.is_none());
+            let acknowledged = m.id.is_some_and(|id| id <= acked) && m.written > 0;
+            if acknowledged && !given_up && !self.server.app.contains(&m.k) {
+                self.fail(format!(
+                    "k{} (id {:?}) acknowledged, never handled",
+                    m.k, m.id
+                ));
+            }
+        }
+    }
+}
