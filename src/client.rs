@@ -235,8 +235,9 @@ impl Client {
     /// that timed out keeps a claim on the next reply of its operator (its
     /// late reply must not reach another caller), so after the server lost
     /// one reply, the next request of that operator may time out once; the
-    /// one after it is matched again. A correlation field removes the
-    /// ambiguity.
+    /// one after it is matched again (with several requests of one
+    /// operator in flight at once, a lost reply may cost more than one
+    /// timeout). A correlation field removes the ambiguity.
     ///
     /// # Errors
     /// [`Error::Remote`] (error reply), [`Error::Timeout`],

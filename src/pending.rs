@@ -13,11 +13,14 @@
 //! request's own (the ghost's was lost). The ghost takes it (a late reply
 //! must never reach the wrong caller), and the live request is marked as
 //! possibly robbed: if it then times out it leaves no ghost, since the one
-//! reply the two of them were owed has come. So one lost reply costs at
-//! most one more timeout, never a chain of them; the price is that a
-//! robbed request's own reply, if it was merely late too, goes to the next
-//! caller. A correlation field removes the ambiguity: each reply names its
-//! request.
+//! reply the two of them were owed has come. So for requests made one
+//! after another (a caller retrying), one lost reply costs at most one
+//! more timeout, never a chain of them; the price is that a robbed
+//! request's own reply, if it was merely late too, goes to the next
+//! caller. With requests of one operator in flight at once, a lost reply
+//! (or an error reply that fits several of them) can cost more than one
+//! timeout: by name nothing tells their replies apart. A correlation field
+//! removes the ambiguity: each reply names its request.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
