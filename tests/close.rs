@@ -11,22 +11,28 @@ use longlink::{Client, Error, Failure, LinkState, SendOptions, Status};
 use serde_json::json;
 use support::*;
 
-#[test]
-fn close_during_a_connect_attempt_returns_by_its_deadline_with_the_outbox() {
-    init_log();
+/// A client whose connect attempt hangs: TCP connects to the proxy, the
+/// upgrade never gets an answer, so the attempt runs for its whole 20 s
+/// connect timeout. The server and proxy must outlive the test.
+fn stuck_in_a_connect_attempt(
+    configure: impl FnOnce(longlink::ClientBuilder) -> longlink::ClientBuilder,
+) -> (Server, Proxy, Client) {
     let server = Server::start();
     let proxy = Proxy::start(server.addr);
-    // TCP connects to the proxy, the upgrade never gets an answer: the
-    // attempt runs for its whole connect timeout.
     proxy.blackhole();
-    let client = Client::builder(proxy.url())
-        .connect_timeout(Duration::from_secs(20))
-        .start()
-        .unwrap();
+    let builder = Client::builder(proxy.url()).connect_timeout(Duration::from_secs(20));
+    let client = configure(builder).start().unwrap();
     assert!(wait_until(Duration::from_secs(5), || matches!(
         client.state(),
         LinkState::Connecting { .. }
     )));
+    (server, proxy, client)
+}
+
+#[test]
+fn close_during_a_connect_attempt_returns_by_its_deadline_with_the_outbox() {
+    init_log();
+    let (_server, _proxy, client) = stuck_in_a_connect_attempt(|b| b);
     for n in 0..3 {
         client
             .send(json!({"Operator": "FirePost", "n": n}))
@@ -50,18 +56,8 @@ fn close_during_a_connect_attempt_returns_by_its_deadline_with_the_outbox() {
 #[test]
 fn dropping_the_last_clone_during_a_connect_attempt_returns_at_once() {
     init_log();
-    let server = Server::start();
-    let proxy = Proxy::start(server.addr);
-    proxy.blackhole();
-    let client = Client::builder(proxy.url())
-        .connect_timeout(Duration::from_secs(20))
-        .drop_close_timeout(Duration::from_millis(200))
-        .start()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || matches!(
-        client.state(),
-        LinkState::Connecting { .. }
-    )));
+    let (_server, _proxy, client) =
+        stuck_in_a_connect_attempt(|b| b.drop_close_timeout(Duration::from_millis(200)));
     client.send(json!({"Operator": "FirePost"})).unwrap();
     let t0 = Instant::now();
     drop(client);
