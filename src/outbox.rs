@@ -1,8 +1,12 @@
 //! The outbox: messages accepted by `send` and not yet written, in order.
 //!
-//! The bound is enforced by callers at `send` time through a shared
-//! [`Budget`] (count and bytes), so a full outbox is reported to the caller
-//! who overflowed it, synchronously. The queue itself lives on the I/O thread.
+//! Its room is counted in one place, the shared [`Budget`] (count and
+//! bytes): [`Budget::admit`] takes room when `send` accepts a message, by
+//! the overflow policy, on the caller's thread, so a full outbox is
+//! reported to the caller who overflowed it, synchronously; the session
+//! gives the room back ([`Budget::release`]) when a message leaves it
+//! (written and not awaiting an acknowledgement, acknowledged, dropped,
+//! expired or handed back). The queue itself lives in the session.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +50,23 @@ impl Budget {
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             room: Condvar::new(),
+        }
+    }
+
+    /// Take room for one message of `bytes` as `overflow` says, for `send`:
+    /// `Reject` takes it only if free; `Block` waits for it within its
+    /// time; `DropOldest` always takes it (the session trims the oldest),
+    /// but waits once twice the count bound is taken, for the case where
+    /// the I/O thread is busy elsewhere (a connect attempt) and cannot trim,
+    /// so memory stays bounded. Whether room was taken.
+    pub(crate) fn admit(&self, bytes: usize, overflow: Overflow) -> bool {
+        match overflow {
+            Overflow::Reject => self.try_reserve(bytes),
+            Overflow::DropOldest => {
+                self.force_reserve_below(bytes, self.max_count.saturating_mul(2));
+                true
+            }
+            Overflow::Block(wait) => self.reserve_within(bytes, wait),
         }
     }
 
@@ -450,5 +471,28 @@ mod tests {
         b.force_reserve_below(4, 2);
         assert_eq!(b.depth(), (2, 8));
         assert_eq!(b.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn admit_takes_room_as_the_overflow_policy_says() {
+        let b = std::sync::Arc::new(Budget::new(1, 1000));
+        assert!(b.admit(1, Overflow::Reject));
+        assert!(!b.admit(1, Overflow::Reject), "reject past the bound");
+        assert!(!b.admit(1, Overflow::Block(Duration::ZERO)));
+        assert_eq!(b.depth(), (1, 1));
+        // Drop-oldest takes room past the bound, up to twice the count...
+        assert!(b.admit(2, Overflow::DropOldest));
+        assert_eq!(b.depth(), (2, 3));
+        // ...then waits for the session to trim.
+        let b2 = b.clone();
+        let waiter = Bounded::spawn(move || b2.admit(4, Overflow::DropOldest));
+        waiter.until_waiting(&b);
+        assert_eq!(b.depth(), (2, 3));
+        b.release(2);
+        assert!(waiter.join());
+        assert_eq!(b.depth(), (2, 5));
+        // A blocked send takes room freed within its time.
+        b.release_many(2, 5);
+        assert!(b.admit(1, Overflow::Block(Duration::from_secs(5))));
     }
 }

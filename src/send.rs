@@ -18,7 +18,7 @@ use crate::delivery::ReceiptCell;
 use crate::pending::Key;
 use crate::sequence::{stamp_text, wall_deadline};
 use crate::shared::Shared;
-use crate::{Error, Expect, Message, Overflow, Receipt, SendOptions};
+use crate::{Error, Expect, Message, Receipt, SendOptions};
 
 thread_local! {
     /// Set while an `on_open` hook runs: the connection it logs in.
@@ -83,19 +83,7 @@ impl Shared {
         }
         let outbox = matches!(route, Route::Outbox);
         if outbox {
-            let weight = item.weight;
-            let reserved = match self.cfg.overflow {
-                Overflow::Reject => self.budget.try_reserve(weight),
-                // The I/O thread drops the oldest when it takes the message;
-                // if it is busy elsewhere (a connect attempt), wait once
-                // twice the bound is in flight, so memory stays bounded.
-                Overflow::DropOldest => {
-                    let limit = self.cfg.outbox_capacity.saturating_mul(2);
-                    self.budget.force_reserve_below(weight, limit);
-                    true
-                }
-                Overflow::Block(d) => self.budget.reserve_within(weight, d),
-            };
+            let reserved = self.budget.admit(item.weight, self.cfg.overflow);
             if !reserved {
                 let message = hand_back(&item.text).unwrap_or(Value::Null);
                 return Err(Error::OutboxFull { message });
@@ -176,10 +164,7 @@ impl Shared {
         let route = self.route(route);
         let stamp = self.stamps(route, opts);
         let op_field = &self.cfg.operator_field;
-        let ours = [
-            self.cfg.msg_id_field.as_str(),
-            self.cfg.msg_run_field.as_str(),
-        ];
+        let ours = [&self.cfg.msg_id_field, self.cfg.msg_run_field.as_str()];
         let avoid: &[&str] = if stamp { &ours } else { &[] };
         let mut item = match crate::message::encode_direct(&msg, op_field, avoid)? {
             Some(text) => Item::new(text),
@@ -187,7 +172,7 @@ impl Shared {
             None => {
                 let mut value = self.to_value(msg)?;
                 if stamp && let Some(obj) = value.as_object_mut() {
-                    obj.remove(&self.cfg.msg_id_field);
+                    obj.remove(&*self.cfg.msg_id_field);
                     obj.remove(&self.cfg.msg_run_field);
                 }
                 Item::from_string(crate::message::encode(value, op_field)?.0)
@@ -216,7 +201,7 @@ impl Shared {
         let route = self.route(route);
         let mut value = self.to_value(msg)?;
         let op = value
-            .get(&self.cfg.operator_field)
+            .get(&*self.cfg.operator_field)
             .and_then(Value::as_str)
             .map(str::to_owned);
         let (reply, errors) = match (expect, &op) {
@@ -231,7 +216,7 @@ impl Shared {
         let key = match (&self.cfg.correlation_field, value.as_object_mut()) {
             (Some(field), Some(obj)) => {
                 let id = self.next_request_id.fetch_add(1, Ordering::Relaxed) + 1;
-                obj.insert(field.clone(), Value::from(id));
+                obj.insert(field.to_string(), Value::from(id));
                 Key::Id(id)
             }
             _ => Key::Operator {

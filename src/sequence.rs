@@ -117,7 +117,7 @@ pub(crate) fn start(cfg: &Config) -> Result<Start, Error> {
     let stamp_key = format!(
         "{}:{run},{}:",
         serde_json::to_string(&cfg.msg_run_field).unwrap_or_default(),
-        serde_json::to_string(&cfg.msg_id_field).unwrap_or_default()
+        serde_json::to_string(&*cfg.msg_id_field).unwrap_or_default()
     );
     Ok(Start {
         seq,

@@ -210,7 +210,7 @@ impl ClientBuilder {
 
     /// The JSON field that names a message's operator. Defaults to `"Operator"`.
     pub fn operator_field(mut self, field: impl Into<String>) -> Self {
-        self.cfg.operator_field = field.into();
+        self.cfg.operator_field = field.into().into();
         self
     }
 
@@ -224,7 +224,7 @@ impl ClientBuilder {
     /// Suffix of the error reply operator: `X` + suffix fails the request
     /// with [`Error::Remote`]. Defaults to `"Error"`.
     pub fn error_suffix(mut self, s: impl Into<String>) -> Self {
-        self.cfg.error_suffix = s.into();
+        self.cfg.error_suffix = s.into().into();
         self
     }
 
@@ -234,7 +234,7 @@ impl ClientBuilder {
     /// request its answer. Defaults to off: replies are matched by
     /// operator, first in, first out (see [`Client::request`]).
     pub fn correlation_field(mut self, field: impl Into<String>) -> Self {
-        self.cfg.correlation_field = Some(field.into());
+        self.cfg.correlation_field = Some(field.into().into());
         self
     }
 
@@ -301,7 +301,7 @@ impl ClientBuilder {
 
     /// Operator of the server's acknowledgements. Defaults to `"Ack"`.
     pub fn ack_operator(mut self, op: impl Into<String>) -> Self {
-        self.cfg.ack_operator = op.into();
+        self.cfg.ack_operator = op.into().into();
         self
     }
 
@@ -309,7 +309,7 @@ impl ClientBuilder {
     /// A field of that name in an application message is replaced.
     /// Defaults to `"msgId"`.
     pub fn message_id_field(mut self, field: impl Into<String>) -> Self {
-        self.cfg.msg_id_field = field.into();
+        self.cfg.msg_id_field = field.into().into();
         self
     }
 

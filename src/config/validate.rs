@@ -81,9 +81,9 @@ impl ClientBuilder {
             }
             let r = &c.msg_run_field;
             if r.is_empty()
-                || r == f
-                || *r == c.operator_field
-                || c.correlation_field.as_ref() == Some(r)
+                || **r == **f
+                || **r == *c.operator_field
+                || c.correlation_field.as_deref() == Some(r.as_str())
             {
                 self.problems.push(
                     "message_run_field must be a non-empty field other than the operator, correlation and message id fields".into(),

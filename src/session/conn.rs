@@ -221,7 +221,7 @@ impl Session {
     fn route(&mut self, m: Message, now: Instant) {
         let op = m.operator();
         if let Some((ack_op, id_field)) = &self.rules.acks
-            && op == ack_op
+            && op == &**ack_op
         {
             match m.get(id_field).and_then(Value::as_u64) {
                 Some(n) => self.on_ack(n),
@@ -239,7 +239,7 @@ impl Session {
             .and_then(|f| m.get(f))
             .and_then(Value::as_u64);
         let suffix = &self.rules.error_suffix;
-        let error_named = !suffix.is_empty() && op.ends_with(suffix.as_str());
+        let error_named = !suffix.is_empty() && op.ends_with(&**suffix);
         match conn.pending.offer(op, id, error_named, now) {
             Matched::Reply { waiter, error } => {
                 if waiter.written_at > conn.confirmed {

@@ -51,7 +51,8 @@ use conn::ConnState;
 /// it is given up (DNS has no timeout of its own).
 const ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 
-/// The knobs the rules need, copied from the configuration.
+/// The knobs the rules need, taken from the configuration (its strings
+/// shared, not copied: an idle link should cost little memory).
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
     pub(crate) heartbeat_interval: Duration,
@@ -65,11 +66,11 @@ pub(crate) struct Rules {
     pub(crate) login_timeout: Duration,
     pub(crate) on_open: bool,
     pub(crate) overflow: Overflow,
-    pub(crate) operator_field: String,
-    pub(crate) error_suffix: String,
-    pub(crate) correlation_field: Option<String>,
+    pub(crate) operator_field: Arc<str>,
+    pub(crate) error_suffix: Arc<str>,
+    pub(crate) correlation_field: Option<Arc<str>>,
     /// At least once: the acknowledgement's operator and id field.
-    pub(crate) acks: Option<(String, String)>,
+    pub(crate) acks: Option<(Arc<str>, Arc<str>)>,
     /// Durable: messages with ids stay in the journal at close.
     pub(crate) durable: bool,
     /// Receipts and answered requests one connection keeps while it waits
@@ -207,9 +208,7 @@ pub(crate) enum Output {
 
 /// The rules of one link. See the module docs.
 pub(crate) struct Session {
-    /// Boxed, as the connection: the session lives in the I/O thread's
-    /// frame, whose stack pages an idle link keeps resident.
-    rules: Box<Rules>,
+    rules: Rules,
     budget: Arc<Budget>,
     counters: Arc<Counters>,
     phase: Phase,
@@ -273,7 +272,7 @@ impl Session {
         let ttl_next = recovered.iter().filter_map(|i| i.expires).min();
         Session {
             backoff: Backoff::new(rules.backoff),
-            rules: Box::new(rules),
+            rules,
             budget,
             counters,
             phase: Phase::Connecting { attempt: 0 },
