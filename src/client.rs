@@ -1,5 +1,5 @@
-//! The handle: `Client` (owning, cloneable), `WeakClient`, `Expect`,
-//! `Subscription`. Methods build a [`Command`] (through the send path),
+//! The handle: `Client` (owning, cloneable), `WeakClient`, `Expect`.
+//! Subscriptions are in [`subscribe`](crate::subscribe). Methods build a [`Command`] (through the send path),
 //! hand it to the I/O thread and, for requests, wait for the answer.
 
 use std::fmt;
@@ -10,13 +10,12 @@ use serde::Serialize;
 
 use crate::command::Command;
 use crate::config::Config;
-use crate::dispatch::{Registry, Topic};
+use crate::dispatch::Registry;
 use crate::owner::Owner;
 use crate::send::Route;
 use crate::shared::Shared;
 use crate::{
-    ClientBuilder, Error, InvalidFrame, LinkState, Message, Receipt, RequestOptions, SendOptions,
-    Stats,
+    ClientBuilder, Error, LinkState, Message, Receipt, RequestOptions, SendOptions, Stats,
 };
 
 /// A handle to one long-lived WebSocket link. Cheap to clone; `Send + Sync`.
@@ -26,8 +25,8 @@ use crate::{
 /// does, with [`drop_close_timeout`](ClientBuilder::drop_close_timeout).
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
-    owner: Arc<Owner>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) owner: Arc<Owner>,
 }
 
 impl fmt::Debug for Client {
@@ -118,8 +117,8 @@ impl Client {
         ClientBuilder::new(url)
     }
 
-    pub(crate) fn spawn(cfg: Config) -> Result<Client, Error> {
-        let (shared, owner) = crate::owner::spawn(cfg)?;
+    pub(crate) fn spawn(cfg: Config, registry: Arc<Registry>) -> Result<Client, Error> {
+        let (shared, owner) = crate::owner::spawn(cfg, registry)?;
         Ok(Client { shared, owner })
     }
 
@@ -311,64 +310,6 @@ impl Client {
             .request_expecting(Route::Outbox, msg, expect, timeout, false)
     }
 
-    /// Calls `f` on the dispatcher thread for every inbound message with this
-    /// operator, after the closures registered before it. Returns at once.
-    pub fn on(
-        &self,
-        operator: impl Into<String>,
-        f: impl FnMut(&Message) + Send + 'static,
-    ) -> Subscription {
-        let id = self
-            .shared
-            .registry
-            .add_message(Topic::Operator(operator.into()), Box::new(f));
-        self.subscribed();
-        Subscription {
-            id,
-            registry: Arc::downgrade(&self.shared.registry),
-        }
-    }
-
-    /// Calls `f` for every message whose operator has no subscriber.
-    pub fn on_any(&self, f: impl FnMut(&Message) + Send + 'static) -> Subscription {
-        let id = self.shared.registry.add_message(Topic::Any, Box::new(f));
-        self.subscribed();
-        Subscription {
-            id,
-            registry: Arc::downgrade(&self.shared.registry),
-        }
-    }
-
-    /// Calls `f` for every inbound frame that is not an operator message:
-    /// bad JSON, not an object, no string operator, binary, bad UTF-8.
-    /// Such frames never harm the link; they are counted in
-    /// [`Stats::invalid_frames`].
-    pub fn on_invalid(&self, f: impl FnMut(&InvalidFrame) + Send + 'static) -> Subscription {
-        let id = self.shared.registry.add_invalid(Box::new(f));
-        self.subscribed();
-        Subscription {
-            id,
-            registry: Arc::downgrade(&self.shared.registry),
-        }
-    }
-
-    /// Calls `f` on every state change, in order, on the dispatcher thread.
-    pub fn on_state(&self, f: impl FnMut(&LinkState) + Send + 'static) -> Subscription {
-        let id = self.shared.registry.add_state(Box::new(f));
-        self.subscribed();
-        Subscription {
-            id,
-            registry: Arc::downgrade(&self.shared.registry),
-        }
-    }
-
-    /// A closure was registered: make sure the dispatcher runs.
-    fn subscribed(&self) {
-        if let Err(e) = self.owner.start_dispatcher() {
-            log::error!("longlink: cannot start the dispatcher thread: {e}");
-        }
-    }
-
     /// The link's state now.
     pub fn state(&self) -> LinkState {
         self.shared.state()
@@ -449,22 +390,5 @@ impl WeakClient {
             shared: self.shared.upgrade()?,
             owner: self.owner.upgrade()?,
         })
-    }
-}
-
-/// A registered closure. Dropping it does **not** unsubscribe: call
-/// [`unsubscribe`](Self::unsubscribe).
-#[derive(Debug)]
-pub struct Subscription {
-    id: u64,
-    registry: Weak<Registry>,
-}
-
-impl Subscription {
-    /// Removes the closure; it is not called for messages dispatched after
-    /// this returns (one already running finishes). Returns false if it was
-    /// already gone.
-    pub fn unsubscribe(self) -> bool {
-        self.registry.upgrade().is_some_and(|r| r.remove(self.id))
     }
 }

@@ -2,20 +2,36 @@
 //!
 //! User code runs here and only here: subscriber closures, state callbacks
 //! and the `on_open` hook, one at a time, in arrival order. A panic is caught
-//! and counted; it never reaches the I/O thread.
+//! and counted; it never reaches the I/O thread. A [`Receiver`](crate::Receiver)
+//! is a subscriber too: its queue is filled here, and when it is full the
+//! dispatcher waits for room, so the dispatcher's own queue fills and the
+//! I/O thread stops reading (the same backpressure as a slow closure).
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
 use crate::command::Event;
 use crate::state::Counters;
 use crate::{InvalidFrame, LinkState, Message};
 
 type Handler<T> = Arc<Mutex<Box<dyn FnMut(&T) + Send>>>;
+
+/// Where a message goes: a closure, or a [`Receiver`](crate::Receiver)'s queue.
+#[derive(Clone)]
+pub(crate) enum Sink {
+    Call(Handler<Message>),
+    Queue(Sender<Message>),
+}
+
+impl Sink {
+    pub(crate) fn call(f: Box<dyn FnMut(&Message) + Send>) -> Sink {
+        Sink::Call(Arc::new(Mutex::new(f)))
+    }
+}
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -25,10 +41,12 @@ impl std::fmt::Debug for Registry {
 
 #[derive(Default)]
 struct Tables {
-    by_op: HashMap<String, Vec<(u64, Handler<Message>)>>,
-    any: Vec<(u64, Handler<Message>)>,
+    by_op: HashMap<String, Vec<(u64, Sink)>>,
+    any: Vec<(u64, Sink)>,
     invalid: Vec<(u64, Handler<InvalidFrame>)>,
     state: Vec<(u64, Handler<LinkState>)>,
+    /// The link is closed: receivers made now end at once.
+    closed: bool,
 }
 
 /// The subscription table, shared by handles and the dispatcher.
@@ -53,10 +71,13 @@ impl Registry {
         self.tables.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn add_message(&self, topic: Topic, f: Box<dyn FnMut(&Message) + Send>) -> u64 {
+    pub(crate) fn add_message(&self, topic: Topic, h: Sink) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let h = Arc::new(Mutex::new(f));
         let mut t = self.write();
+        if t.closed && matches!(h, Sink::Queue(_)) {
+            // Dropping the sender: the receiver says the link is closed.
+            return id;
+        }
         match topic {
             Topic::Operator(op) => t.by_op.entry(op).or_default().push((id, h)),
             Topic::Any => t.any.push((id, h)),
@@ -105,8 +126,26 @@ impl Registry {
         found
     }
 
-    /// Handlers for a message: the operator's own, else the catch-all ones.
-    pub(crate) fn for_message(&self, op: &str) -> Vec<Handler<Message>> {
+    /// Whether anything is registered (the dispatcher must run).
+    pub(crate) fn is_empty(&self) -> bool {
+        let t = self.read();
+        t.by_op.is_empty() && t.any.is_empty() && t.invalid.is_empty() && t.state.is_empty()
+    }
+
+    /// The link is closed: let go of the receivers' queues, so that they
+    /// end once drained.
+    pub(crate) fn close_receivers(&self) {
+        let mut t = self.write();
+        t.closed = true;
+        for list in t.by_op.values_mut() {
+            list.retain(|(_, s)| matches!(s, Sink::Call(_)));
+        }
+        t.by_op.retain(|_, list| !list.is_empty());
+        t.any.retain(|(_, s)| matches!(s, Sink::Call(_)));
+    }
+
+    /// Where a message goes: the operator's own sinks, else the catch-all ones.
+    pub(crate) fn for_message(&self, op: &str) -> Vec<Sink> {
         let t = self.read();
         match t.by_op.get(op) {
             Some(list) if !list.is_empty() => list.iter().map(|(_, h)| h.clone()).collect(),
@@ -126,21 +165,55 @@ pub(crate) fn call<T>(h: &Handler<T>, arg: &T, counters: &Counters, what: &str) 
     }
 }
 
+/// Hand `m` to a receiver's queue, waiting for room while it is full,
+/// unless the link closes (`stop` disconnects) or the receiver is dropped:
+/// then it is counted as unclaimed.
+fn enqueue(tx: &Sender<Message>, m: Message, stop: &Receiver<()>, counters: &Counters) {
+    let m = match tx.try_send(m) {
+        Ok(()) => return,
+        Err(TrySendError::Disconnected(_)) => {
+            return Counters::add(&counters.unclaimed, 1);
+        }
+        Err(TrySendError::Full(m)) => m,
+    };
+    select! {
+        send(tx, m) -> sent => if sent.is_err() {
+            Counters::add(&counters.unclaimed, 1);
+        },
+        recv(stop) -> _ => Counters::add(&counters.unclaimed, 1),
+    }
+}
+
 /// The dispatcher thread's loop. `done`: one message or invalid frame is
 /// handled (the I/O thread may read again); `hook`: run the `on_open` hook
-/// for this connection.
+/// for this connection; `stop` disconnects when the link is closing (a
+/// full receiver is not waited for any more).
 pub(crate) fn run(
     registry: Arc<Registry>,
     counters: Arc<Counters>,
     rx: Receiver<Event>,
+    stop: Receiver<()>,
     done: impl Fn(),
     hook: impl Fn(u64),
 ) {
     for event in rx.iter() {
         match event {
             Event::Message(m) => {
-                for h in registry.for_message(m.operator()) {
-                    call(&h, &m, &counters, "message");
+                let sinks = registry.for_message(m.operator());
+                if sinks.is_empty() {
+                    Counters::add(&counters.unclaimed, 1);
+                }
+                let mut sinks = sinks.into_iter().peekable();
+                while let Some(sink) = sinks.next() {
+                    match sink {
+                        Sink::Call(h) => call(&h, &m, &counters, "message"),
+                        // The last one takes the message itself.
+                        Sink::Queue(tx) if sinks.peek().is_none() => {
+                            enqueue(&tx, m, &stop, &counters);
+                            break;
+                        }
+                        Sink::Queue(tx) => enqueue(&tx, m.clone(), &stop, &counters),
+                    }
                 }
                 done();
             }

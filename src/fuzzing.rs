@@ -15,7 +15,7 @@ use serde_json::Value;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 use crate::backoff::{Backoff, BackoffPolicy, Next};
-use crate::dispatch::{Registry, Topic};
+use crate::dispatch::{Registry, Sink, Topic};
 use crate::liveness::{Liveness, Verdict};
 use crate::message::decode;
 use crate::pending::{Key, Matched, Pending};
@@ -72,19 +72,19 @@ pub fn inbound(data: &[u8]) {
     let s = seen.clone();
     registry.add_message(
         Topic::Operator("Notice".into()),
-        Box::new(move |m| {
+        Sink::call(Box::new(move |m: &Message| {
             assert_eq!(m.operator(), "Notice");
             s.fetch_add(1, Ordering::Relaxed);
-        }),
+        })),
     );
     let any = Arc::new(AtomicU64::new(0));
     let a = any.clone();
     registry.add_message(
         Topic::Any,
-        Box::new(move |m| {
+        Sink::call(Box::new(move |m: &Message| {
             assert_ne!(m.operator(), "Notice", "an operator's own handler takes it");
             a.fetch_add(1, Ordering::Relaxed);
-        }),
+        })),
     );
     let counters = Counters::default();
     let config = WebSocketConfig::default()
@@ -116,8 +116,10 @@ pub fn inbound(data: &[u8]) {
             }
             Matched::Late => panic!("nothing was late"),
             Matched::None => {
-                for h in registry.for_message(&op) {
-                    crate::dispatch::call(&h, &m, &counters, "message");
+                for sink in registry.for_message(&op) {
+                    if let Sink::Call(h) = sink {
+                        crate::dispatch::call(&h, &m, &counters, "message");
+                    }
                 }
                 if op == "Notice" {
                     notices += 1;

@@ -44,6 +44,27 @@
 //! # Ok::<(), longlink::Error>(())
 //! ```
 //!
+//! ## Receiving: closures or receivers
+//!
+//! What is registered on the builder misses nothing: a push sent right
+//! after the handshake, the first state. A [`Receiver`] is pulled in the
+//! application's own loop; bounded, it holds reading back when full.
+//! Messages nobody takes are counted in [`Stats::unclaimed`].
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use longlink::Client;
+//! let mut builder = Client::builder("wss://example.com/ws")
+//!     .on_state(|s| println!("link: {s:?}")) // sees Connecting { attempt: 0 } too
+//!     .on("Notice", |m| println!("notice: {}", m.value()["text"]));
+//! let welcome = builder.receiver("Welcome"); // before the first connect
+//! let client = builder.connect()?;
+//! let hello = welcome.recv_timeout(Duration::from_secs(5))?;
+//! let rest = client.receiver_any(); // every operator nobody else takes
+//! for msg in rest.try_iter() { /* in the app's own loop */ }
+//! # Ok::<(), longlink::Error>(())
+//! ```
+//!
 //! ## Threading model
 //!
 //! Each [`Client`] has one or two threads:
@@ -218,12 +239,13 @@ mod session;
 mod shared;
 mod stack;
 mod state;
+mod subscribe;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod time;
 mod tunnel;
 
-pub use client::{Client, Expect, Subscription, WeakClient};
+pub use client::{Client, Expect, WeakClient};
 pub use config::ClientBuilder;
 pub use delivery::{Failure, Receipt, RequestOptions, SendOptions, Status};
 pub use error::{Error, Result};
@@ -232,3 +254,4 @@ pub use link::Link;
 pub use message::{InvalidFrame, Message};
 pub use outbox::Overflow;
 pub use state::{CloseReason, LinkState, Stats};
+pub use subscribe::{Receiver, Subscription};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, bounded, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use polling::Poller;
 use serde_json::Value;
 
@@ -71,6 +71,10 @@ pub(crate) struct Owner {
     shared: Arc<Shared>,
     io: Mutex<Option<Worker>>,
     dispatcher: Mutex<Option<Worker>>,
+    /// Dropped when closing: a dispatcher waiting for room in a full
+    /// receiver gives up.
+    stop: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
 }
 
 impl Owner {
@@ -90,12 +94,14 @@ impl Owner {
             return Ok(()); // started already, or closed
         };
         let s = shared.clone();
+        let stop = self.stop_rx.clone();
         let worker = Worker::spawn("longlink-dispatch", move || {
             let (registry, counters) = (s.registry.clone(), s.counters.clone());
             dispatch::run(
                 registry,
                 counters,
                 rx,
+                stop,
                 || s.dispatch_done(),
                 |conn| crate::link::run_hook(&s, conn),
             )
@@ -127,6 +133,8 @@ impl Owner {
         if let Some(io) = io {
             io.join_until(crate::time::after(deadline, grace));
         }
+        // Receivers: what they hold can still be taken; nothing more comes.
+        drop(self.stop.lock().unwrap_or_else(|e| e.into_inner()).take());
         let dispatcher = self
             .dispatcher
             .lock()
@@ -135,6 +143,7 @@ impl Owner {
         if let Some(dispatcher) = dispatcher {
             dispatcher.join_until(crate::time::after(deadline, grace));
         }
+        shared.registry.close_receivers();
         let Ok(unsent) = unsent else {
             return Err(Error::Timeout(timeout));
         };
@@ -188,7 +197,10 @@ impl fmt::Debug for Owner {
 
 /// Build the shared state and start the I/O thread (and the dispatcher
 /// when an `on_open` hook needs it).
-pub(crate) fn spawn(cfg: Config) -> Result<(Arc<Shared>, Arc<Owner>), Error> {
+pub(crate) fn spawn(
+    cfg: Config,
+    registry: Arc<Registry>,
+) -> Result<(Arc<Shared>, Arc<Owner>), Error> {
     let crate::sequence::Start {
         seq,
         stamp_key,
@@ -226,7 +238,7 @@ pub(crate) fn spawn(cfg: Config) -> Result<(Arc<Shared>, Arc<Owner>), Error> {
         refusing: AtomicBool::new(false),
         entering: AtomicUsize::new(0),
         close_called: AtomicBool::new(false),
-        registry: Arc::new(Registry::default()),
+        registry,
         next_request_id: AtomicU64::new(0),
         dispatch_depth: AtomicUsize::new(0),
         dispatcher_on: AtomicBool::new(false),
@@ -240,13 +252,17 @@ pub(crate) fn spawn(cfg: Config) -> Result<(Arc<Shared>, Arc<Owner>), Error> {
         pending_drops: Mutex::new(Vec::new()),
         journal_ack: AtomicU64::new(0),
     });
+    let (stop_tx, stop_rx) = bounded(0);
     let owner = Arc::new(Owner {
         shared: shared.clone(),
         io: Mutex::new(None),
         dispatcher: Mutex::new(None),
+        stop: Mutex::new(Some(stop_tx)),
+        stop_rx,
     });
-    // The hook runs on the dispatcher from the first connect on.
-    if shared.cfg.on_open.is_some() {
+    // The hook runs on the dispatcher from the first connect on; what the
+    // builder registered must see the first state and message.
+    if shared.cfg.on_open.is_some() || !shared.registry.is_empty() {
         owner.start_dispatcher()?;
     }
     let s = shared.clone();

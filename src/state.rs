@@ -100,6 +100,10 @@ pub struct Stats {
     pub invalid_frames: u64,
     /// Heartbeat probes that went unanswered: each one ended a connection.
     pub heartbeat_misses: u64,
+    /// Messages that arrived while no closure or receiver took their
+    /// operator (and none took every other one), or for a receiver that
+    /// was dropped or could not take it before the link closed.
+    pub unclaimed: u64,
     /// Round trip of the last answered WebSocket ping.
     pub last_rtt: Option<Duration>,
 }
@@ -123,6 +127,7 @@ pub(crate) struct Counters {
     pub(crate) handler_panics: AtomicU64,
     pub(crate) invalid_frames: AtomicU64,
     pub(crate) heartbeat_misses: AtomicU64,
+    pub(crate) unclaimed: AtomicU64,
     /// Microseconds + 1; 0 means none yet.
     pub(crate) last_rtt_us: AtomicU64,
 }
@@ -160,6 +165,7 @@ impl Counters {
             handler_panics: get(&self.handler_panics),
             invalid_frames: get(&self.invalid_frames),
             heartbeat_misses: get(&self.heartbeat_misses),
+            unclaimed: get(&self.unclaimed),
             last_rtt: (rtt > 0).then(|| Duration::from_micros(rtt - 1)),
         }
     }

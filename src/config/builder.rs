@@ -57,6 +57,7 @@ impl ClientBuilder {
                 proxy_from_env: false,
             },
             problems: Vec::new(),
+            registry: Arc::default(),
         }
     }
 
@@ -406,7 +407,8 @@ impl ClientBuilder {
     /// permanent failure ends the link; its threads are then stopped.
     pub fn connect(self) -> Result<Client, Error> {
         let timeout = self.cfg.connect_timeout;
-        let client = Client::spawn(self.validate()?)?;
+        let registry = self.registry.clone();
+        let client = Client::spawn(self.validate()?, registry)?;
         client.wait_open(timeout)?;
         Ok(client)
     }
@@ -417,6 +419,7 @@ impl ClientBuilder {
     /// # Errors
     /// [`Error::InvalidConfig`], or an I/O error creating the poller or threads.
     pub fn start(self) -> Result<Client, Error> {
-        Client::spawn(self.validate()?)
+        let registry = self.registry.clone();
+        Client::spawn(self.validate()?, registry)
     }
 }

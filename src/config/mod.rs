@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::BackoffPolicy;
+use crate::dispatch::Registry;
 use crate::tunnel::HttpProxy;
 use crate::{Error, JournalSync, Link, Overflow};
 
@@ -111,8 +112,10 @@ impl fmt::Debug for Config {
 /// case: `WSS://` works), name a host, and have a port in 1..=65535 if it
 /// gives one; errors show it as given, without its query or user info.
 pub struct ClientBuilder {
-    cfg: Config,
+    pub(crate) cfg: Config,
     problems: Vec<String>,
+    /// Subscriptions registered before the first connect.
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl fmt::Debug for ClientBuilder {

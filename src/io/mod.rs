@@ -349,7 +349,8 @@ impl Io {
     }
 
     /// Hand to the dispatcher; stop reading when it is full (backpressure).
-    /// With no subscriber yet there is no dispatcher, and nobody to tell.
+    /// With no subscriber yet there is no dispatcher, and nobody to tell:
+    /// the message is counted as unclaimed.
     ///
     /// A reply to a request may sit in the socket behind the pushes that
     /// filled the dispatcher, and its caller may be the very subscriber
@@ -357,6 +358,9 @@ impl Io {
     /// reading goes on past the bound for up to [`REPLY_RESERVE`] bytes.
     fn deliver(&mut self, now: Instant, ev: Event) {
         if !self.shared.dispatcher_on.load(Ordering::Acquire) {
+            if let Event::Message(_) = ev {
+                crate::state::Counters::add(&self.shared.counters.unclaimed, 1);
+            }
             return;
         }
         let size = match &ev {
