@@ -177,8 +177,12 @@ fn client(url: &str, story: Story, drops: Drops) -> Client {
     client.on_state(move |s| {
         match s {
             LinkState::Open => story.say("  link open"),
-            LinkState::Backoff { attempt, delay } => story.say(format!(
-                "  link down: reconnect attempt {attempt} in {} ms",
+            LinkState::Backoff {
+                attempt,
+                delay,
+                cause,
+            } => story.say(format!(
+                "  link down ({cause}): reconnect attempt {attempt} in {} ms",
                 delay.as_millis()
             )),
             LinkState::Connecting { .. } => story.say("  link connecting"),

@@ -253,5 +253,5 @@ pub use journal::JournalSync;
 pub use link::Link;
 pub use message::{InvalidFrame, Message};
 pub use outbox::Overflow;
-pub use state::{CloseReason, LinkState, Stats};
+pub use state::{Cause, CloseReason, LinkState, Stats};
 pub use subscribe::{Receiver, Subscription};

@@ -167,6 +167,11 @@ impl Budget {
         count > self.max_count || (count > 1 && self.bytes.load(Ordering::Acquire) > self.max_bytes)
     }
 
+    /// The count bound.
+    pub(crate) fn capacity(&self) -> usize {
+        self.max_count
+    }
+
     pub(crate) fn depth(&self) -> (usize, usize) {
         (
             self.count.load(Ordering::Acquire),

@@ -20,13 +20,58 @@ pub enum LinkState {
     Open,
     /// Waiting before the next attempt.
     Backoff {
-        /// Consecutive failures so far.
+        /// Consecutive failures so far (0: the link was up and dropped).
         attempt: u32,
         /// How long this wait is.
         delay: Duration,
+        /// Why the last connection ended or the last attempt failed.
+        cause: Cause,
     },
     /// Ended for good.
     Closed(CloseReason),
+}
+
+/// Why a connection ended or an attempt failed, as
+/// [`LinkState::Backoff`] says, for an application to tell its user.
+/// Its text never holds a secret (URL queries, headers, payloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The server sent a Close frame, with its code if it gave one
+    /// (1001: going away, 1012: restarting…).
+    ServerClosed {
+        /// The Close frame's status code.
+        code: Option<u16>,
+    },
+    /// The connection broke: reset, ended without a Close frame, a read or
+    /// write failed, or a frame broke a limit. With what happened.
+    Broken(String),
+    /// The server answered nothing within the heartbeat timeout of a ping
+    /// (or answers no ping at all): found dead.
+    DeadPeer,
+    /// A connection attempt failed: TCP, proxy, TLS or the WebSocket
+    /// upgrade. With why.
+    ConnectFailed(String),
+    /// The [`on_open`](crate::ClientBuilder::on_open) step failed or ran
+    /// out of time. With why.
+    OnOpenFailed(String),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::ServerClosed { code: Some(c) } => {
+                write!(f, "the server closed the link (code {c})")
+            }
+            Cause::ServerClosed { code: None } => {
+                f.write_str("the server closed the link (no code)")
+            }
+            Cause::Broken(why) => write!(f, "the connection broke: {why}"),
+            Cause::DeadPeer => f.write_str("the server stopped answering (dead peer)"),
+            Cause::ConnectFailed(why) => write!(f, "the connection attempt failed: {why}"),
+            Cause::OnOpenFailed(why) => write!(f, "the on_open step failed: {why}"),
+        }
+    }
 }
 
 /// Why a link ended.

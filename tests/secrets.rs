@@ -5,6 +5,9 @@
 //! — except the `Display` of an error reply, which shows the server's
 //! reason fields on purpose (see `Error::Remote`).
 //!
+//! Also: a server that never acknowledges at-least-once messages is named
+//! in one warning, with what it must send.
+//!
 //! One exception, outside longlink: tungstenite's *trace* level prints the
 //! raw upgrade request and every frame. This test records that it does, so
 //! the README's advice (keep `tungstenite` at debug or lower) stays true.
@@ -179,4 +182,40 @@ fn a_planted_secret_reaches_no_log_record_and_no_debug_output() {
         "{} records captured; tungstenite trace prints traffic: {tungstenite_trace}",
         records.len()
     );
+}
+
+#[test]
+fn a_server_that_never_acknowledges_is_named_once_in_a_warning() {
+    let log = capture_log();
+    // The testkit's plain server answers requests but sends no `Ack`.
+    let server = Server::start();
+    let client = Client::builder(server.url())
+        .at_least_once(true)
+        .outbox_capacity(20)
+        .connect()
+        .unwrap();
+    let warnings = || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.level == log::Level::Warn && r.text.contains("no acknowledgement"))
+            .map(|r| r.text.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut refused = false;
+    for n in 0..40 {
+        if client.send(json!({"Operator": "Note", "n": n})).is_err() {
+            refused = true;
+        }
+    }
+    assert!(refused, "the outbox filled");
+    assert!(wait_until(Duration::from_secs(5), || !warnings().is_empty()));
+    let got = warnings();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains(r#""Operator": "Ack""#) && got[0].contains(r#""msgId""#),
+        "names what the server must send: {}",
+        got[0]
+    );
+    drop(client);
 }

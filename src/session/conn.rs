@@ -15,7 +15,7 @@ use crate::liveness::{Liveness, Verdict};
 use crate::message::decode;
 use crate::pending::{Matched, Pending};
 use crate::state::Counters;
-use crate::{Error, Failure, InvalidFrame, Message, Status};
+use crate::{Cause, Error, Failure, InvalidFrame, Message, Status};
 
 /// Receipts and answered requests one connection keeps while it waits for a
 /// pong (about 1 MiB): past it, writing waits for the pong.
@@ -209,10 +209,7 @@ impl Session {
                     Counters::store(&self.counters.last_rtt_us, rtt + 1);
                 }
             }
-            Inbound::Close(code) => {
-                let why = code.map_or_else(|| "no code".to_owned(), |c| format!("code {c}"));
-                self.lost(now, format!("the server closed the link ({why})"));
-            }
+            Inbound::Close(code) => self.lost(now, Cause::ServerClosed { code }),
         }
     }
 

@@ -9,7 +9,7 @@ use super::{ATTEMPT_GRACE, Output, Phase, Session};
 use crate::backoff::Next;
 use crate::command::Item;
 use crate::state::Counters;
-use crate::{CloseReason, Error, Failure};
+use crate::{Cause, CloseReason, Error, Failure};
 
 impl Session {
     pub(super) fn hook_done(
@@ -41,14 +41,15 @@ impl Session {
                 );
             }
             Err(e) => {
-                let reason = format!("the on_open step failed: {}", e.describe_for_log());
+                let why = e.describe_for_log();
                 let e = Error::on_open_failed(e);
                 if fatal {
+                    let reason = format!("the on_open step failed: {why}");
                     log::warn!("longlink: {reason} (or_fatal): the link ends");
                     self.end(now, CloseReason::Fatal(reason), Some(e));
                 } else {
                     self.outputs.push_back(Output::LastError(e));
-                    self.lost(now, reason);
+                    self.lost(now, Cause::OnOpenFailed(why));
                 }
             }
         }
@@ -88,14 +89,14 @@ impl Session {
             self.end(now, CloseReason::Fatal(reason), Some(e));
         } else {
             self.outputs.push_back(Output::LastError(e));
-            self.retry(now, reason);
+            self.retry(now, Cause::ConnectFailed(reason));
         }
     }
 
     /// The connection failed (read or write error, size limit, …).
     pub(crate) fn handle_lost(&mut self, now: Instant, reason: String) {
         if self.conn.is_some() {
-            self.lost(now, reason);
+            self.lost(now, Cause::Broken(reason));
         }
     }
 
@@ -105,7 +106,7 @@ impl Session {
     }
 
     /// Schedule the next attempt.
-    pub(super) fn retry(&mut self, now: Instant, last_error: String) {
+    pub(super) fn retry(&mut self, now: Instant, cause: Cause) {
         match self.backoff.on_down(now, fastrand::f64()) {
             Next::Retry { attempt, delay } if delay.is_zero() => {
                 self.phase = Phase::Connecting { attempt };
@@ -116,10 +117,12 @@ impl Session {
                     attempt,
                     delay,
                     until: crate::time::after(now, delay),
+                    cause,
                 };
             }
             Next::GiveUp { attempts } => {
                 log::warn!("longlink: giving up after {attempts} failed attempts");
+                let last_error = cause.to_string();
                 let e = Error::Fatal(format!("gave up after {attempts} attempts: {last_error}"));
                 self.end(
                     now,
@@ -134,8 +137,8 @@ impl Session {
     }
 
     /// The connection is gone (or the attempt failed after the handshake).
-    pub(super) fn lost(&mut self, now: Instant, reason: String) {
-        log::info!("longlink: link lost: {reason}");
+    pub(super) fn lost(&mut self, now: Instant, cause: Cause) {
+        log::info!("longlink: link lost: {cause}");
         self.bury(now, true);
         for item in std::mem::take(&mut self.on_open_queue) {
             self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
@@ -150,7 +153,7 @@ impl Session {
                 self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
             }
         }
-        self.retry(now, reason);
+        self.retry(now, cause);
     }
 
     /// End for good: no more attempts. Queued sends stay for `close` to hand back.

@@ -44,7 +44,7 @@ use crate::delivery::ReceiptCell;
 use crate::liveness::Verdict;
 use crate::outbox::Budget;
 use crate::state::Counters;
-use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
+use crate::{Cause, CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
 use conn::ConnState;
 
 /// How long past its connect timeout an attempt may take to answer before
@@ -125,6 +125,7 @@ enum Phase {
         attempt: u32,
         delay: Duration,
         until: Instant,
+        cause: Cause,
     },
     /// Ended for good; waiting for `close` to collect what is left.
     Ended(CloseReason),
@@ -138,9 +139,15 @@ impl Phase {
             }
             Phase::LoggingIn { .. } => LinkState::LoggingIn,
             Phase::Open => LinkState::Open,
-            Phase::Backoff { attempt, delay, .. } => LinkState::Backoff {
+            Phase::Backoff {
+                attempt,
+                delay,
+                cause,
+                ..
+            } => LinkState::Backoff {
                 attempt: *attempt,
                 delay: *delay,
+                cause: cause.clone(),
             },
             Phase::Ended(reason) => LinkState::Closed(reason.clone()),
         }
@@ -225,6 +232,8 @@ pub(crate) struct Session {
     highest_id: u64,
     /// Highest id the server acknowledged.
     acked: u64,
+    /// The warning that no acknowledgement comes was given.
+    ack_warned: bool,
     /// Earliest time to live of a queued message, if any.
     ttl_next: Option<Instant>,
     /// Volatile messages in the outbox.
@@ -283,6 +292,7 @@ impl Session {
             on_open_queue: VecDeque::new(),
             highest_id,
             acked: 0,
+            ack_warned: false,
             ttl_next,
             volatile_queued: 0,
             closing: None,
@@ -414,7 +424,8 @@ impl Session {
         match self.phase {
             // The hook has run out of time: the attempt failed.
             Phase::LoggingIn { deadline } if now >= deadline => {
-                return self.lost(now, "the on_open hook did not finish in time".into());
+                let why = "the on_open hook did not finish in time".to_owned();
+                return self.lost(now, Cause::OnOpenFailed(why));
             }
             // Waited long enough: try again.
             Phase::Backoff { attempt, until, .. } if now >= until => {
@@ -446,12 +457,13 @@ impl Session {
             Ok(Verdict::Probe) => self.probe(now),
             Ok(Verdict::Dead) => {
                 let t = self.rules.heartbeat_timeout;
-                self.lost(
-                    now,
-                    format!("no frame from the server within {t:?} of a ping"),
-                );
+                log::info!("longlink: no frame from the server within {t:?} of a ping");
+                self.lost(now, Cause::DeadPeer);
             }
-            Err(reason) => self.lost(now, reason),
+            Err(reason) => {
+                log::info!("longlink: {reason}");
+                self.lost(now, Cause::DeadPeer);
+            }
         }
     }
 

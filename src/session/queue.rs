@@ -13,6 +13,10 @@ use crate::outbox::trim_oldest;
 use crate::state::Counters;
 use crate::{Error, Failure, Overflow, Status};
 
+/// Messages written and awaiting their acknowledgement, none having come,
+/// before the warning that the server may not acknowledge at all.
+const ACK_SILENCE: usize = 1000;
+
 impl Session {
     /// A message accepted by `send` (its room is already reserved).
     pub(super) fn enqueue(&mut self, item: Item) {
@@ -75,6 +79,30 @@ impl Session {
         }
         self.outbox = keep;
         self.ttl_next = next;
+    }
+
+    /// At least once with a server that never acknowledges: the outbox
+    /// fills silently and `send` starts to fail. Say so once, early (half
+    /// the outbox, at most [`ACK_SILENCE`] messages written and none
+    /// acknowledged), naming what the server must send.
+    fn warn_if_never_acknowledged(&mut self) {
+        if self.ack_warned || self.acked > 0 {
+            return;
+        }
+        let at = ACK_SILENCE.min(self.budget.capacity().div_ceil(2)).max(1);
+        if self.unacked.len() < at {
+            return;
+        }
+        self.ack_warned = true;
+        if let Some((op, field)) = &self.rules.acks {
+            log::warn!(
+                "longlink: at least once: {} messages written and no acknowledgement has come; \
+                 the server must answer {{\"{}\": \"{op}\", \"{field}\": <highest id received>}} \
+                 (see ack_operator and message_id_field); until it does, the outbox fills",
+                self.unacked.len(),
+                self.rules.operator_field,
+            );
+        }
     }
 
     /// The server acknowledged every id up to `n`.
@@ -194,6 +222,7 @@ impl Session {
         }
         if item.id.is_some() {
             self.unacked.push_back(item);
+            self.warn_if_never_acknowledged();
             return;
         }
         conn.plain += 1;

@@ -411,7 +411,10 @@ fn failed_attempts_back_off_and_the_attempt_limit_ends_the_link() {
     };
     t.s.handle_connect_failed(t.now, refused());
     t.perform();
-    let LinkState::Backoff { attempt: 1, delay } = t.state() else {
+    let LinkState::Backoff {
+        attempt: 1, delay, ..
+    } = t.state()
+    else {
         panic!("{:?}", t.state());
     };
     assert!(delay >= Duration::from_millis(500));
@@ -422,5 +425,38 @@ fn failed_attempts_back_off_and_the_attempt_limit_ends_the_link() {
     assert!(matches!(
         t.state(),
         LinkState::Closed(CloseReason::GaveUp { attempts: 2, .. })
+    ));
+}
+
+#[test]
+fn the_backoff_state_says_why_the_link_dropped() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    t.frame(Inbound::Close(Some(1012)));
+    let LinkState::Backoff { cause, .. } = t.state() else {
+        panic!("{:?}", t.state());
+    };
+    assert_eq!(cause, crate::Cause::ServerClosed { code: Some(1012) });
+    t.advance(Duration::from_secs(60));
+    t.s.handle_connect_failed(
+        t.now,
+        Error::Connect {
+            context: "connecting".into(),
+            source: "refused".into(),
+        },
+    );
+    t.perform();
+    let LinkState::Backoff { cause, attempt, .. } = t.state() else {
+        panic!("{:?}", t.state());
+    };
+    assert_eq!(attempt, 2);
+    assert!(matches!(cause, crate::Cause::ConnectFailed(ref why) if why.contains("refused")));
+    t.advance(Duration::from_secs(60));
+    t.s.handle_connected(t.now);
+    t.s.handle_lost(t.now, "reset by peer".into());
+    t.perform();
+    assert!(matches!(
+        t.state(),
+        LinkState::Backoff { cause: crate::Cause::Broken(ref why), .. } if why == "reset by peer"
     ));
 }

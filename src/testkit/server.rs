@@ -261,7 +261,10 @@ fn serve(stream: TcpStream, s: Arc<ServerShared>, opts: ServerOpts) {
         }
         let now = epochs(&s);
         if now.0 != start.0 {
-            let _ = ws.close(None);
+            let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            }));
             // Drive the close handshake briefly, then go.
             let end = Instant::now() + Duration::from_millis(200);
             while Instant::now() < end && ws.read().is_ok() {}
