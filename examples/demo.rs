@@ -188,6 +188,7 @@ fn client(url: &str, story: Story, drops: Drops) -> Client {
             LinkState::Connecting { .. } => story.say("  link connecting"),
             LinkState::LoggingIn => story.say("  link up, logging in"),
             LinkState::Closed(why) => story.say(format!("  link closed: {why:?}")),
+            LinkState::Paused => story.say("  link paused"),
             _ => {}
         }
         let open = *s == LinkState::Open;
@@ -296,6 +297,28 @@ fn run() -> Verdict {
             s.resent
         ));
     }
+
+    story.say(format!(
+        "{}. the app goes to the background (pause), keeps posting, comes back (resume)",
+        faults.len() + 2
+    ));
+    let connects = app.client.stats().connects;
+    app.client.pause();
+    wait_until(Duration::from_secs(5), || {
+        app.client.state() == LinkState::Paused
+    });
+    story.say("  paused: the socket closed with 1001; no heartbeat, no reconnect");
+    app.burst("background");
+    app.offline_report();
+    // A while in the background: nothing happens on the network.
+    std::thread::sleep(Duration::from_millis(500));
+    app.client.resume();
+    let settled = app.settle();
+    story.say(format!(
+        "  resumed: {} reconnect, re-login, outbox flushed ({})",
+        app.client.stats().connects - connects,
+        if settled { "empty" } else { "NOT empty" }
+    ));
 
     let _ = app.client.close(Duration::from_secs(2));
     let stats = app.client.stats();

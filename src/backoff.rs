@@ -107,6 +107,12 @@ impl Backoff {
     }
 
     /// Consecutive failures so far.
+    /// Start afresh: no failures counted, not up (after a pause).
+    pub(crate) fn forget(&mut self) {
+        self.failures = 0;
+        self.up_since = None;
+    }
+
     pub(crate) fn failures(&self) -> u32 {
         self.failures
     }

@@ -320,6 +320,36 @@ impl Client {
         self.shared.counters.snapshot(self.shared.budget.depth())
     }
 
+    /// The app goes to the background (mobile platforms cut sockets a few
+    /// seconds later; a desktop app may be suspended). The connection
+    /// closes cleanly (Close 1001, "going away") and nothing more happens
+    /// on the network: no heartbeat, no reconnect, no wake-up of the I/O
+    /// thread. The state is [`LinkState::Paused`]. `send` keeps queueing
+    /// within the outbox bounds (receipts stay `Queued`, times to live
+    /// keep running), requests wait within their deadlines, at least once
+    /// keeps its unacknowledged messages for after [`resume`](Self::resume).
+    /// Messages written just before and not yet confirmed count as at any
+    /// loss of the connection. A pause during a connect attempt or the
+    /// `on_open` step ends it. Pausing twice is pausing once; `close`
+    /// while paused hands back (or journals) what is queued.
+    ///
+    /// ```no_run
+    /// # let client = longlink::Client::builder("wss://example.com/ws").start()?;
+    /// client.pause(); // the app's onHide
+    /// client.send(serde_json::json!({"Operator": "Draft", "text": "later"}))?; // queued
+    /// client.resume(); // onShow: connect now, on_open, flush
+    /// # Ok::<(), longlink::Error>(())
+    /// ```
+    pub fn pause(&self) {
+        self.shared.command(Command::Pause);
+    }
+
+    /// The app is back: connect at once (no backoff wait), run `on_open`,
+    /// flush what was queued. Does nothing unless paused.
+    pub fn resume(&self) {
+        self.shared.command(Command::Resume);
+    }
+
     /// Skip the current backoff wait and try at once (network came back, app
     /// came to the foreground). On an open link, probe the peer now instead.
     pub fn reconnect_now(&self) {

@@ -29,6 +29,11 @@ pub(crate) enum Command {
     },
     /// Skip the backoff wait (or probe an open link now).
     ReconnectNow,
+    /// The app goes to the background: close the connection, stop
+    /// reconnecting and probing; keep queueing.
+    Pause,
+    /// The app is back: connect at once.
+    Resume,
     /// Flush until `deadline`, close, report the unsent messages' texts
     /// (after counting what may have been lost).
     Close {

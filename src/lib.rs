@@ -44,6 +44,13 @@
 //! # Ok::<(), longlink::Error>(())
 //! ```
 //!
+//! ## The app's life: pause and resume
+//!
+//! [`Client::pause`] when the app goes to the background (the connection
+//! closes with 1001, nothing more happens on the network, `send` queues),
+//! [`Client::resume`] when it comes back (connect at once, `on_open`,
+//! flush in order).
+//!
 //! ## Receiving: closures or receivers
 //!
 //! What is registered on the builder misses nothing: a push sent right

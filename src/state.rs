@@ -27,6 +27,9 @@ pub enum LinkState {
         /// Why the last connection ended or the last attempt failed.
         cause: Cause,
     },
+    /// [`Client::pause`](crate::Client::pause)d: no connection, no
+    /// attempts, no heartbeat; `send` queues. [`Client::resume`](crate::Client::resume) connects.
+    Paused,
     /// Ended for good.
     Closed(CloseReason),
 }

@@ -219,3 +219,28 @@ fn a_reply_that_arrives_while_close_says_goodbye_reaches_its_caller_at_once() {
     assert_eq!(r.unwrap(), "GetOK", "after {took:?}; close said {closed:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+#[test]
+fn close_returns_as_soon_as_the_last_acknowledgement_comes_not_at_its_deadline() {
+    init_log();
+    let (server, dedup) = dedup_server();
+    for round in 0..20 {
+        let client = Client::builder(server.url())
+            .at_least_once(true)
+            .connect()
+            .unwrap();
+        for n in 0..100 {
+            client.send(json!({"Operator": "Note", "n": n})).unwrap();
+        }
+        // Close while messages are still going out and acknowledgements
+        // still coming: it ends when the last one comes.
+        let t = Instant::now();
+        client.close(Duration::from_secs(20)).unwrap();
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "round {round}: close waited {took:?} after its last acknowledgement"
+        );
+    }
+    assert_eq!(dedup.lock().unwrap().accepted.len(), 2000);
+}

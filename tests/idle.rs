@@ -1,5 +1,6 @@
 //! Verifies that an idle link costs nothing: the I/O thread does not wake up
-//! between heartbeats (Linux: voluntary context switches of its thread).
+//! between heartbeats, nor at all while paused (Linux: voluntary context
+//! switches of its thread).
 #![cfg(target_os = "linux")]
 mod support;
 
@@ -67,6 +68,24 @@ fn idle_io_thread_wakes_only_for_heartbeats() {
         "I/O thread woke {woke} times for {heartbeats} heartbeats"
     );
     assert!(woke >= 2, "heartbeats did not run: {woke}");
-    eprintln!("idle wake-ups: {idle} with no heartbeat due; {woke} for ~{heartbeats} heartbeats");
+    client.close(Duration::from_secs(1)).unwrap();
+
+    // Part 3: paused, with a heartbeat every 100 ms when not: no wake-up.
+    let client = Client::builder(server.url())
+        .heartbeat_interval(Duration::from_millis(100))
+        .connect()
+        .unwrap();
+    client.pause();
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        client.state() == longlink::LinkState::Paused
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = io_thread_switches();
+    std::thread::sleep(Duration::from_secs(2));
+    let paused = io_thread_switches() - before;
+    assert_eq!(paused, 0, "I/O thread woke {paused} times while paused");
+    eprintln!(
+        "idle wake-ups: {idle} with no heartbeat due; {woke} for ~{heartbeats} heartbeats; {paused} while paused"
+    );
     client.close(Duration::from_secs(1)).unwrap();
 }

@@ -157,6 +157,11 @@ impl Io {
             match out {
                 Output::Connect { deadline } => self.dial(now, deadline),
                 Output::AbandonAttempt => self.attempt = None,
+                Output::GoAway(code) => {
+                    if let Some(s) = self.sock.take() {
+                        s.go_away(code);
+                    }
+                }
                 Output::Disconnect => {
                     self.sock = None;
                     self.reserve_used = 0;

@@ -6,8 +6,16 @@ use std::time::{Duration, Instant};
 use super::{FREEZE_GAP, Io, SPIN};
 
 impl Io {
-    /// Whether there is more to do right away (do not sleep).
+    /// Whether there is more to do right away (do not sleep): also when
+    /// this turn made `close` ready (its last acknowledgement or flush),
+    /// which the loop checks only after waking.
     fn busy(&self) -> bool {
+        if self.closing.is_some() {
+            let flushed = self.sock.as_ref().is_none_or(super::Socket::flushed);
+            if self.session.close_ready(Instant::now(), flushed) {
+                return true;
+            }
+        }
         match &self.sock {
             Some(s) => {
                 (s.readable && !s.paused)

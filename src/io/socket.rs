@@ -120,6 +120,17 @@ impl Socket {
         true
     }
 
+    /// Leave without waiting: a Close frame with `code`, written if the
+    /// socket takes it now (non-blocking), then the socket is dropped.
+    pub(super) fn go_away(mut self, code: u16) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        let _ = self.ws.close(Some(frame));
+        let _ = self.ws.flush();
+    }
+
     /// The next frame while saying goodbye; `None` once `deadline` passes
     /// or the connection ends.
     pub(super) fn goodbye_frame(&mut self, deadline: Instant) -> Option<Frame> {

@@ -139,6 +139,40 @@ impl Session {
     /// The connection is gone (or the attempt failed after the handshake).
     pub(super) fn lost(&mut self, now: Instant, cause: Cause) {
         log::info!("longlink: link lost: {cause}");
+        self.drop_connection(now);
+        self.retry(now, cause);
+    }
+
+    /// The application goes to the background: end the attempt or the
+    /// connection (a Close frame, 1001 "going away"), as at a loss (what
+    /// was written and not confirmed is possibly lost, or re-sent under
+    /// at least once), and wait for [`resume`](Self::resume). Queued
+    /// messages stay queued; time to live and request deadlines run on.
+    pub(super) fn pause(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Paused | Phase::Ended(_) => return,
+            Phase::Dialing { .. } => self.outputs.push_back(Output::AbandonAttempt),
+            _ => {}
+        }
+        if self.conn.is_some() {
+            log::info!("longlink: paused: closing the connection");
+            self.outputs.push_back(Output::GoAway(1001));
+            self.drop_connection(now);
+        }
+        self.phase = Phase::Paused;
+    }
+
+    /// The application is back: connect at once, no backoff wait.
+    pub(super) fn resume(&mut self) {
+        if self.phase == Phase::Paused {
+            self.backoff.forget();
+            self.phase = Phase::Connecting { attempt: 0 };
+        }
+    }
+
+    /// Let the connection go: settle what it carried, drop what only it
+    /// could carry (the on_open step's messages, volatile ones).
+    fn drop_connection(&mut self, now: Instant) {
         self.bury(now, true);
         for item in std::mem::take(&mut self.on_open_queue) {
             self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
@@ -153,7 +187,6 @@ impl Session {
                 self.fail_item(item, Failure::NotOpen, || Error::ConnectionLost);
             }
         }
-        self.retry(now, cause);
     }
 
     /// End for good: no more attempts. Queued sends stay for `close` to hand back.

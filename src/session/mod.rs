@@ -127,6 +127,9 @@ enum Phase {
         until: Instant,
         cause: Cause,
     },
+    /// The application paused the link: nothing happens until it resumes
+    /// (or closes), but time to live and request deadlines.
+    Paused,
     /// Ended for good; waiting for `close` to collect what is left.
     Ended(CloseReason),
 }
@@ -149,6 +152,7 @@ impl Phase {
                 delay: *delay,
                 cause: cause.clone(),
             },
+            Phase::Paused => LinkState::Paused,
             Phase::Ended(reason) => LinkState::Closed(reason.clone()),
         }
     }
@@ -194,6 +198,9 @@ pub(crate) enum Output {
     AbandonAttempt,
     /// The connection is gone: drop the socket.
     Disconnect,
+    /// Write a Close frame with this code (best effort, without waiting),
+    /// then drop the socket: the application paused the link.
+    GoAway(u16),
     /// Run the `on_open` hook for connection `conn`.
     RunHook { conn: u64 },
     /// For the subscribers.
@@ -405,8 +412,13 @@ impl Session {
                         c.live.on_resumed(now);
                     }
                 }
-                Phase::Connecting { .. } | Phase::Dialing { .. } | Phase::Ended(_) => {}
+                Phase::Connecting { .. }
+                | Phase::Dialing { .. }
+                | Phase::Paused
+                | Phase::Ended(_) => {}
             },
+            Command::Pause => self.pause(now),
+            Command::Resume => self.resume(),
             Command::Close { deadline, .. } => self.handle_close(deadline),
         }
     }

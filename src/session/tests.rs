@@ -17,6 +17,7 @@ use crate::state::Counters;
 use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, Status};
 
 mod close;
+mod pause;
 mod queue;
 
 const MS: Duration = Duration::from_millis(1);
@@ -59,6 +60,7 @@ struct Sim {
     hooks: Vec<u64>,
     journal_drops: Vec<u64>,
     disconnects: usize,
+    go_aways: Vec<u16>,
 }
 
 impl Sim {
@@ -77,6 +79,7 @@ impl Sim {
             hooks: Vec::new(),
             journal_drops: Vec::new(),
             disconnects: 0,
+            go_aways: Vec::new(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Sim {
                 Output::Connect { .. } => self.connects.push(self.now),
                 Output::AbandonAttempt => {}
                 Output::Disconnect => self.disconnects += 1,
+                Output::GoAway(code) => self.go_aways.push(code),
                 Output::RunHook { conn } => self.hooks.push(conn),
                 Output::Dispatch(ev) => self.dispatched.push(ev),
                 Output::Answer(a) => {

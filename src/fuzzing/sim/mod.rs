@@ -1006,6 +1006,9 @@ impl Sim {
                 self.attempt = Some(deadline);
             }
             Output::AbandonAttempt => self.attempt = None,
+            // Its Close frame may or may not get out; the Disconnect that
+            // follows drops the socket.
+            Output::GoAway(code) => self.note(|| format!("go away ({code})")),
             Output::Disconnect => {
                 let conn = self.sock.take();
                 self.note(|| format!("disconnect {conn:?}"));
