@@ -749,6 +749,25 @@ fn main() {
         }
         return;
     }
+    // LONGLINK_PERF_ONLY=window: at-least-once throughput with the default
+    // in-flight window against none, interleaved.
+    if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("window") {
+        let (mut windowed, mut unbounded) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            windowed.push(ours_mode(&url, 1, N / 2, |b, _| b.at_least_once(true)).0);
+            unbounded.push(
+                ours_mode(&url, 1, N / 2, |b, _| {
+                    b.at_least_once(true)
+                        .in_flight_window(usize::MAX, usize::MAX)
+                })
+                .0,
+            );
+        }
+        eprintln!("at least once, msg/s: default window {windowed:.0?}, no window {unbounded:.0?}");
+        let (w, u) = (median(windowed), median(unbounded));
+        eprintln!("medians: {w:.0} vs {u:.0} msg/s: {:.3}×", w / u);
+        return;
+    }
     if std::env::var("LONGLINK_PERF_ONLY").as_deref() == Ok("scale") {
         for n in scale_sizes() {
             if let Some(sc) = scale(n) {

@@ -527,3 +527,83 @@ fn a_message_field_named_like_the_run_field_is_replaced() {
     drop(d);
     client.close(WAIT).unwrap();
 }
+
+/// A deduplicating, acknowledging peer that cuts every connection after
+/// reading `every` messages (TCP close, no Close frame). Returns its
+/// address and the messages it accepted, in order.
+fn cutting_peer(every: usize) -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let highest = Arc::new(Mutex::new(0u64));
+    let a = accepted.clone();
+    let (addr, _) = support::raw_server(move |_, stream| {
+        let Ok(mut ws) = tungstenite::accept(stream) else {
+            return;
+        };
+        for _ in 0..every {
+            let Ok(tungstenite::Message::Text(t)) = ws.read() else {
+                return;
+            };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let id = v["msgId"].as_u64().unwrap();
+            let mut h = highest.lock().unwrap();
+            if id == *h + 1 || *h == 0 {
+                *h = id;
+                a.lock().unwrap().push(v);
+            }
+            let ack = json!({"Operator": "Ack", "msgId": *h}).to_string();
+            drop(h);
+            if ws.send(tungstenite::Message::text(ack)).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn the_in_flight_window_bounds_what_cuts_make_to_write_again() {
+    init_log();
+    const N: usize = 10_000;
+    let mut ratios = Vec::new();
+    for window in [None, Some((usize::MAX, usize::MAX))] {
+        let (addr, accepted) = cutting_peer(500);
+        let builder = Client::builder(format!("ws://{addr}"))
+            .at_least_once(true)
+            .outbox_capacity(N)
+            .outbox_max_bytes(64 << 20)
+            .reconnect_min_delay(Duration::from_millis(1))
+            .reconnect_max_delay(Duration::from_millis(5))
+            .reconnect_healthy_after(Duration::from_millis(1));
+        let builder = match window {
+            Some((count, bytes)) => builder.in_flight_window(count, bytes),
+            None => builder,
+        };
+        let client = builder.connect().unwrap();
+        for n in 0..N {
+            client.send(json!({"Operator": "Note", "n": n})).unwrap();
+        }
+        assert!(wait_until(Duration::from_secs(120), || {
+            accepted.lock().unwrap().len() == N
+        }));
+        let in_order = accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .all(|(i, v)| v["n"] == json!(i));
+        assert!(in_order, "every message once, in order");
+        let stats = client.stats();
+        let ratio = stats.resent as f64 / N as f64;
+        eprintln!(
+            "window {window:?}: {} written for {N} accepted, {} re-sent ({ratio:.2} per message), {} connections",
+            stats.messages_sent, stats.resent, stats.connects
+        );
+        ratios.push(ratio);
+        client.close(WAIT).unwrap();
+    }
+    assert!(
+        ratios[0] <= 2.0,
+        "re-sent / accepted = {:.2} with the default window",
+        ratios[0]
+    );
+}

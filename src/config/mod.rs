@@ -53,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) read_buffer_size: usize,
     pub(crate) drop_close_timeout: Duration,
     pub(crate) at_least_once: bool,
+    /// Messages and bytes written ahead of the acknowledgements, at most.
+    pub(crate) in_flight_window: (usize, usize),
     pub(crate) ack_operator: Arc<str>,
     pub(crate) msg_id_field: Arc<str>,
     pub(crate) msg_run_field: String,

@@ -89,6 +89,10 @@ impl ClientBuilder {
                     "message_run_field must be a non-empty field other than the operator, correlation and message id fields".into(),
                 );
             }
+            if c.in_flight_window.0 == 0 || c.in_flight_window.1 == 0 {
+                self.problems
+                    .push("in_flight_window must allow at least one message and one byte".into());
+            }
             if c.ack_operator.is_empty() {
                 self.problems.push("ack_operator must not be empty".into());
             }

@@ -335,6 +335,7 @@ impl Session {
         while let Some(item) = self.unacked.pop_back() {
             self.outbox.push_front(item);
         }
+        self.unacked_bytes = 0;
         Counters::store(&c.awaiting_ack, 0);
     }
 }

@@ -71,6 +71,9 @@ pub(crate) struct Rules {
     pub(crate) correlation_field: Option<Arc<str>>,
     /// At least once: the acknowledgement's operator and id field.
     pub(crate) acks: Option<(Arc<str>, Arc<str>)>,
+    /// At least once: messages and bytes written ahead of the
+    /// acknowledgements, at most (what a cut makes to write again).
+    pub(crate) window: (usize, usize),
     /// Durable: messages with ids stay in the journal at close.
     pub(crate) durable: bool,
     /// Receipts and answered requests one connection keeps while it waits
@@ -100,6 +103,7 @@ impl Rules {
             acks: cfg
                 .at_least_once
                 .then(|| (cfg.ack_operator.clone(), cfg.msg_id_field.clone())),
+            window: cfg.in_flight_window,
             durable: cfg.journal.is_some(),
             track_cap: conn::TRACK_CAP,
         }
@@ -233,6 +237,8 @@ pub(crate) struct Session {
     outbox: VecDeque<Item>,
     /// At-least-once messages written and not yet acknowledged, in id order.
     unacked: VecDeque<Item>,
+    /// Their bytes (weights), for the in-flight window.
+    unacked_bytes: usize,
     /// Messages of the `on_open` hook (and of a `Link` kept after it).
     on_open_queue: VecDeque<Item>,
     /// Highest at-least-once id seen (acks beyond it are clamped).
@@ -296,6 +302,7 @@ impl Session {
             conn_ids: 0,
             outbox: recovered.into(),
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             on_open_queue: VecDeque::new(),
             highest_id,
             acked: 0,
@@ -353,7 +360,9 @@ impl Session {
         !self.control.is_empty()
             || (!c.tracking_full()
                 && (!self.on_open_queue.is_empty()
-                    || (self.phase == Phase::Open && !self.outbox.is_empty())))
+                    || (self.phase == Phase::Open
+                        && !self.outbox.is_empty()
+                        && !self.window_full())))
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must run next.

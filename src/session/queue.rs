@@ -39,7 +39,11 @@ impl Session {
         }
         self.outbox.push_back(item);
         if self.rules.overflow == Overflow::DropOldest {
-            for old in trim_oldest(&mut self.unacked, &mut self.outbox, &self.budget) {
+            let trimmed = trim_oldest(&mut self.unacked, &mut self.outbox, &self.budget);
+            if !trimmed.is_empty() {
+                self.unacked_bytes = self.unacked.iter().map(|i| i.weight).sum();
+            }
+            for old in trimmed {
                 if old.volatile {
                     self.volatile_queued -= 1;
                 }
@@ -105,6 +109,13 @@ impl Session {
         }
     }
 
+    /// At least once: as many messages or bytes are written ahead of the
+    /// acknowledgements as the window allows.
+    pub(super) fn window_full(&self) -> bool {
+        let (count, bytes) = self.rules.window;
+        self.rules.acks.is_some() && (self.unacked.len() >= count || self.unacked_bytes >= bytes)
+    }
+
     /// The server acknowledged every id up to `n`.
     pub(super) fn on_ack(&mut self, n: u64) {
         let n = n.min(self.highest_id);
@@ -116,8 +127,9 @@ impl Session {
         let mut receipts = Vec::new();
         let mut count = 0;
         // Written ones, and re-queued ones the server had after all.
-        while let Some(item) =
-            pop_if(&mut self.unacked, settled).or_else(|| pop_if(&mut self.outbox, settled))
+        while let Some(item) = pop_if(&mut self.unacked, settled)
+            .inspect(|i| self.unacked_bytes -= i.weight)
+            .or_else(|| pop_if(&mut self.outbox, settled))
         {
             self.budget.release(item.weight);
             receipts.extend(item.receipt);
@@ -147,7 +159,9 @@ impl Session {
         if conn.tracking_full() {
             return None;
         }
-        let open = self.phase == Phase::Open;
+        // Under at least once, the outbox waits while the window is full:
+        // what a cut makes to write again stays bounded.
+        let open = self.phase == Phase::Open && !self.window_full();
         loop {
             let item = if let Some(item) = self.on_open_queue.pop_front() {
                 item
@@ -221,6 +235,7 @@ impl Session {
                 .push_back(Output::Receipt(r.clone(), Status::Written));
         }
         if item.id.is_some() {
+            self.unacked_bytes += item.weight;
             self.unacked.push_back(item);
             self.warn_if_never_acknowledged();
             return;

@@ -19,6 +19,7 @@ use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, 
 mod close;
 mod pause;
 mod queue;
+mod window;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -43,6 +44,7 @@ fn rules() -> Rules {
         error_suffix: "Error".into(),
         correlation_field: None,
         acks: None,
+        window: (512, 1 << 20),
         durable: false,
         track_cap: super::conn::TRACK_CAP,
     }

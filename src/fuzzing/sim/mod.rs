@@ -381,6 +381,8 @@ impl Sim {
             error_suffix: "Error".into(),
             correlation_field: cfg.by_id.then(|| "reqId".into()),
             acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
+            // Small, so that the window fills and frees often.
+            window: (16, 4096),
             durable: false,
             track_cap: cfg.track_cap,
         };

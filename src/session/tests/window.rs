@@ -1,0 +1,75 @@
+//! The in-flight window of at least once: writing stops while as many
+//! messages (or bytes) as it allows wait for their acknowledgement, and
+//! goes on as acknowledgements come; a cut re-sends at most a window.
+
+use super::*;
+
+fn with_ids(t: &mut Sim, ids: std::ops::RangeInclusive<u64>) {
+    for id in ids {
+        let mut item = t.item(&format!(r#"{{"msgId":{id}}}"#));
+        item.id = Some(id);
+        t.s.handle_command(t.now, Command::Send(item));
+    }
+    t.perform();
+}
+
+fn texts(frames: Vec<String>) -> Vec<String> {
+    frames
+        .into_iter()
+        .filter(|f| !f.starts_with("ping"))
+        .collect()
+}
+
+#[test]
+fn writing_waits_while_the_window_is_full_and_goes_on_with_acks() {
+    let mut t = Sim::new(Rules {
+        acks: Some(("Ack".into(), "msgId".into())),
+        window: (3, 1 << 20),
+        ..rules()
+    });
+    t.connect();
+    with_ids(&mut t, 1..=10);
+    assert_eq!(texts(t.write()).len(), 3);
+    assert!(!t.s.wants_write(), "the window is full");
+    t.text(r#"{"Operator":"Ack","msgId":2}"#);
+    assert!(t.s.wants_write());
+    assert_eq!(
+        texts(t.write()),
+        [r#"{"msgId":4}"#, r#"{"msgId":5}"#],
+        "as many as were acknowledged, in order"
+    );
+    // A cut re-sends only what the window let out.
+    t.frame(Inbound::Close(None));
+    t.advance(Duration::from_secs(60));
+    t.connect();
+    assert_eq!(
+        texts(t.write()),
+        [r#"{"msgId":3}"#, r#"{"msgId":4}"#, r#"{"msgId":5}"#]
+    );
+}
+
+#[test]
+fn the_window_also_counts_bytes_and_lets_one_large_message_through() {
+    let mut t = Sim::new(Rules {
+        acks: Some(("Ack".into(), "msgId".into())),
+        window: (100, 30),
+        ..rules()
+    });
+    t.connect();
+    with_ids(&mut t, 1..=5);
+    // Each is 12 bytes: the third fills 30.
+    assert_eq!(texts(t.write()).len(), 3);
+    assert!(!t.s.wants_write());
+    t.text(r#"{"Operator":"Ack","msgId":3}"#);
+    assert_eq!(texts(t.write()).len(), 2);
+    // Without at least once there is no window.
+    let mut plain = Sim::new(Rules {
+        window: (1, 1),
+        ..rules()
+    });
+    plain.connect();
+    for _ in 0..5 {
+        plain.send(r#"{"Operator":"A"}"#);
+    }
+    assert_eq!(texts(plain.write()).len(), 5);
+}
