@@ -1,4 +1,16 @@
-//! Reconnect timing: exponential backoff with full jitter and a flap guard.
+//! Reconnect timing: exponential backoff with full jitter and a flap guard,
+//! and a spread first retry.
+//!
+//! When a server restarts, every client's link drops in the same instant.
+//! Retrying at once then brings them all back in one burst, and the
+//! attempts that fail (the server is still starting) would all retry after
+//! the same minimum delay: a reconnect storm. So the first retry after a
+//! working link drops waits a random time within
+//! [`spread`](BackoffPolicy::spread) (250 ms by default: a lone drop still
+//! comes back at once, 125 ms at the median), and the window of every
+//! later retry is at least four minimum delays wide ([min, 4 × min] = 0.5
+//! to 2 s by default), so links that failed together come back spread
+//! over 1.5 s.
 //!
 //! Pure: it never sleeps and never reads a clock; the caller passes `now`
 //! and a random source, and gets the delay to wait.
@@ -16,6 +28,9 @@ pub(crate) struct BackoffPolicy {
     /// Consecutive failed attempts after which the link gives up: the
     /// failure that reaches it ends the link, no further attempt is made.
     pub(crate) max_attempts: Option<u32>,
+    /// The first retry after a working link drops waits a random time
+    /// below this.
+    pub(crate) spread: Duration,
 }
 
 /// What to do after a failed attempt or a dropped link.
@@ -65,11 +80,13 @@ impl Backoff {
         let was_healthy = self.is_healthy(now);
         self.up_since = None;
         if was_healthy {
-            // Most drops of a healthy link are transient: retry at once.
+            // Most drops of a healthy link are transient: retry soon,
+            // within the spread (many links drop together when a server
+            // restarts: they must not all come back in the same instant).
             self.failures = 0;
             return Next::Retry {
                 attempt: 0,
-                delay: Duration::ZERO,
+                delay: self.policy.spread.mul_f64(jitter.clamp(0.0, 1.0)),
             };
         }
         self.failures = self.failures.saturating_add(1);
@@ -99,8 +116,11 @@ impl Backoff {
     /// Full jitter between `min` and the ceiling: the spread still applies at the cap,
     /// so clients that lost the same server do not come back in lockstep, and
     /// the floor keeps a dead server from being hammered.
+    /// The `n`-th retry's delay: `jitter` of the way through its window,
+    /// [min, ceiling], at least four minimum delays wide.
     fn delay_for(&self, n: u32, jitter: f64) -> Duration {
-        let hi = self.ceiling(n);
+        let wide = self.policy.min.saturating_mul(4).min(self.policy.max);
+        let hi = self.ceiling(n).max(wide);
         let lo = self.policy.min.min(hi);
         let jitter = jitter.clamp(0.0, 1.0);
         lo + (hi - lo).mul_f64(jitter)
@@ -128,6 +148,7 @@ mod tests {
             max: Duration::from_secs(30),
             healthy_after: Duration::from_secs(5),
             max_attempts: None,
+            spread: Duration::from_millis(250),
         }
     }
 
@@ -189,11 +210,12 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert!(b.is_healthy(later));
         assert_eq!(
-            b.on_down(later, 0.9),
+            b.on_down(later, 0.5),
             Next::Retry {
                 attempt: 0,
-                delay: Duration::ZERO
-            }
+                delay: Duration::from_millis(125)
+            },
+            "within the spread"
         );
         // The retry after that failed starts at the bottom again.
         assert_eq!(
@@ -218,7 +240,8 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 16000]);
+        // At least four minimum delays wide, then doubling.
+        assert_eq!(ceilings, [2000, 2000, 2000, 4000, 8000, 16000]);
     }
 
     #[test]

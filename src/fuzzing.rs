@@ -197,11 +197,13 @@ pub fn cores(data: &[u8]) {
         0 => Some(u32::from(input.u8() % 8)),
         _ => None,
     };
+    let spread = ms(input.u16() % 500);
     let policy = BackoffPolicy {
         min,
         max,
         healthy_after: ms(input.u16() % 3000),
         max_attempts: limit,
+        spread,
     };
     let mut backoff = Backoff::new(policy);
     let mut failures = 0u32;
@@ -250,7 +252,8 @@ pub fn cores(data: &[u8]) {
                 match backoff.on_down(now, f64::from(input.u8()) / 255.0) {
                     Next::Retry { attempt, delay } => {
                         if healthy {
-                            assert_eq!((attempt, delay), (0, Duration::ZERO));
+                            assert_eq!(attempt, 0);
+                            assert!(delay <= spread, "{delay:?} past the spread {spread:?}");
                             failures = 0;
                         } else {
                             failures += 1;

@@ -72,9 +72,8 @@ pub(crate) struct Owner {
     io: Mutex<Option<Worker>>,
     dispatcher: Mutex<Option<Worker>>,
     /// Dropped when closing: a dispatcher waiting for room in a full
-    /// receiver gives up.
+    /// receiver gives up. Made with the dispatcher (most links have none).
     stop: Mutex<Option<Sender<()>>>,
-    stop_rx: Receiver<()>,
 }
 
 impl Owner {
@@ -94,7 +93,8 @@ impl Owner {
             return Ok(()); // started already, or closed
         };
         let s = shared.clone();
-        let stop = self.stop_rx.clone();
+        let (stop_tx, stop) = bounded(0);
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop_tx);
         let worker = Worker::spawn("longlink-dispatch", move || {
             let (registry, counters) = (s.registry.clone(), s.counters.clone());
             dispatch::run(
@@ -252,13 +252,11 @@ pub(crate) fn spawn(
         pending_drops: Mutex::new(Vec::new()),
         journal_ack: AtomicU64::new(0),
     });
-    let (stop_tx, stop_rx) = bounded(0);
     let owner = Arc::new(Owner {
         shared: shared.clone(),
         io: Mutex::new(None),
         dispatcher: Mutex::new(None),
-        stop: Mutex::new(Some(stop_tx)),
-        stop_rx,
+        stop: Mutex::new(None),
     });
     // The hook runs on the dispatcher from the first connect on; what the
     // builder registered must see the first state and message.

@@ -83,7 +83,7 @@ impl Shared {
         }
         let outbox = matches!(route, Route::Outbox);
         if outbox {
-            let reserved = self.budget.admit(item.weight, self.cfg.overflow);
+            let reserved = self.budget.admit(item.weight, self.cfg.rules.overflow);
             if !reserved {
                 let message = hand_back(&item.text).unwrap_or(Value::Null);
                 return Err(Error::OutboxFull { message });
@@ -163,7 +163,7 @@ impl Shared {
     ) -> Result<Option<Receipt>, Error> {
         let route = self.route(route);
         let stamp = self.stamps(route, opts);
-        let op_field = &self.cfg.operator_field;
+        let op_field = &self.cfg.rules.operator_field;
         let ours = [&self.cfg.msg_id_field, self.cfg.msg_run_field.as_str()];
         let avoid: &[&str] = if stamp { &ours } else { &[] };
         let mut item = match crate::message::encode_direct(&msg, op_field, avoid)? {
@@ -201,19 +201,19 @@ impl Shared {
         let route = self.route(route);
         let mut value = self.to_value(msg)?;
         let op = value
-            .get(&*self.cfg.operator_field)
+            .get(&*self.cfg.rules.operator_field)
             .and_then(Value::as_str)
             .map(str::to_owned);
         let (reply, errors) = match (expect, &op) {
             (Some(e), _) => (e.reply, e.errors),
             (None, Some(op)) => (
                 format!("{op}{}", self.cfg.reply_suffix),
-                vec![format!("{op}{}", self.cfg.error_suffix)],
+                vec![format!("{op}{}", self.cfg.rules.error_suffix)],
             ),
             // encode() below reports the missing operator.
             (None, None) => (String::new(), Vec::new()),
         };
-        let key = match (&self.cfg.correlation_field, value.as_object_mut()) {
+        let key = match (&self.cfg.rules.correlation_field, value.as_object_mut()) {
             (Some(field), Some(obj)) => {
                 let id = self.next_request_id.fetch_add(1, Ordering::Relaxed) + 1;
                 obj.insert(field.to_string(), Value::from(id));
@@ -224,7 +224,7 @@ impl Shared {
                 errors: errors.clone(),
             },
         };
-        let (text, _) = crate::message::encode(value, &self.cfg.operator_field)?;
+        let (text, _) = crate::message::encode(value, &self.cfg.rules.operator_field)?;
         let (tx, rx) = bounded(1);
         let deadline = crate::time::from_now(timeout);
         let waiter = Waiter {

@@ -63,13 +63,13 @@ pub(crate) fn start(cfg: &Config) -> Result<Start, Error> {
                     };
                     // Written by a version without runs: it joins the
                     // journal's run (a check at start only, never per send).
-                    let text = match crate::message::decode(&text, &cfg.operator_field) {
+                    let text = match crate::message::decode(&text, &cfg.rules.operator_field) {
                         Ok(m) if m.get(&cfg.msg_run_field).is_none() => {
                             stamp_text(&text, &run_key, j.run())
                         }
                         _ => text,
                     };
-                    if let Ok(m) = crate::message::decode(&text, &cfg.operator_field) {
+                    if let Ok(m) = crate::message::decode(&text, &cfg.rules.operator_field) {
                         recovered.push(m);
                     }
                     let mut item = Item::new(text);

@@ -269,3 +269,39 @@ fn receipts_awaiting_a_pong_are_bounded_and_a_peer_that_never_pongs_is_declared_
     );
     assert_eq!(receipts[65_536].status(), Status::Queued);
 }
+
+#[test]
+fn a_dropped_working_link_comes_back_within_its_spread() {
+    init_log();
+    let server = Server::start();
+    let client = Client::builder(server.url())
+        .reconnect_healthy_after(Duration::from_millis(1))
+        .connect()
+        .unwrap();
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let connects = client.stats().connects;
+        // A working link: up past its healthy mark.
+        std::thread::sleep(Duration::from_millis(5));
+        let t = Instant::now();
+        server.kick_all();
+        assert!(wait_until(Duration::from_secs(5), || client
+            .stats()
+            .connects
+            > connects));
+        took.push(t.elapsed());
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!(
+        "first retry after a drop: median {median:?}, max {:?}",
+        took[took.len() - 1]
+    );
+    // Uniform within the 250 ms spread: 125 ms at the median.
+    assert!(median < Duration::from_millis(500), "median {median:?}");
+    assert!(
+        took.iter().any(|d| *d > Duration::from_millis(20)),
+        "spread, not at once: {took:?}"
+    );
+    client.close(Duration::from_secs(1)).unwrap();
+}

@@ -8,44 +8,57 @@ use serde::Serialize;
 
 use super::{ClientBuilder, Config};
 use crate::backoff::BackoffPolicy;
+use crate::session::{Rules, TRACK_CAP};
 use crate::tunnel::HttpProxy;
 use crate::{Client, Error, JournalSync, Link, Overflow};
 
 impl ClientBuilder {
+    /// The rules being built (the builder is their only holder yet).
+    fn rules(&mut self) -> &mut Rules {
+        Arc::make_mut(&mut self.cfg.rules)
+    }
+
     pub(crate) fn new(url: impl Into<String>) -> Self {
         ClientBuilder {
             cfg: Config {
                 url: url.into(),
                 headers: Vec::new(),
                 header_fn: None,
-                connect_timeout: Duration::from_secs(10),
-                heartbeat_interval: Duration::from_secs(25),
-                heartbeat_timeout: Duration::from_secs(10),
-                app_heartbeat: None,
-                app_heartbeat_dispatch: false,
-                backoff: BackoffPolicy {
-                    min: Duration::from_millis(500),
-                    max: Duration::from_secs(30),
-                    healthy_after: Duration::from_secs(5),
-                    max_attempts: None,
-                },
-                retry_rejections: false,
                 outbox_capacity: 10_000,
                 outbox_max_bytes: 8 << 20,
-                overflow: Overflow::Reject,
                 on_open: None,
-                login_timeout: Duration::from_secs(10),
-                operator_field: "Operator".into(),
                 reply_suffix: "OK".into(),
-                error_suffix: "Error".into(),
-                correlation_field: None,
                 request_timeout: Duration::from_secs(10),
                 dispatch_capacity: 1024,
                 max_message_size: 16 << 20,
                 read_buffer_size: 4096,
                 drop_close_timeout: Duration::from_secs(1),
+                rules: Arc::new(Rules {
+                    connect_timeout: Duration::from_secs(10),
+                    heartbeat_interval: Duration::from_secs(25),
+                    heartbeat_timeout: Duration::from_secs(10),
+                    app_heartbeat: None,
+                    app_heartbeat_dispatch: false,
+                    backoff: BackoffPolicy {
+                        min: Duration::from_millis(500),
+                        max: Duration::from_secs(30),
+                        healthy_after: Duration::from_secs(5),
+                        max_attempts: None,
+                        spread: Duration::from_millis(250),
+                    },
+                    retry_rejections: false,
+                    overflow: Overflow::Reject,
+                    login_timeout: Duration::from_secs(10),
+                    operator_field: "Operator".into(),
+                    error_suffix: "Error".into(),
+                    correlation_field: None,
+                    window: (256, 1 << 20),
+                    on_open: false,
+                    acks: None,
+                    durable: false,
+                    track_cap: TRACK_CAP,
+                }),
                 at_least_once: false,
-                in_flight_window: (256, 1 << 20),
                 ack_operator: "Ack".into(),
                 msg_id_field: "msgId".into(),
                 msg_run_field: "msgRun".into(),
@@ -84,7 +97,7 @@ impl ClientBuilder {
     /// together; also how long [`connect`](Self::connect) waits for the
     /// first usable link. Defaults to 10 s.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.cfg.connect_timeout = d;
+        self.rules().connect_timeout = d;
         self
     }
 
@@ -92,14 +105,14 @@ impl ClientBuilder {
     /// application heartbeat, if set) is sent. Defaults to 25 s, below common
     /// 30–60 s NAT and proxy idle cuts.
     pub fn heartbeat_interval(mut self, d: Duration) -> Self {
-        self.cfg.heartbeat_interval = d;
+        self.rules().heartbeat_interval = d;
         self
     }
 
     /// How long after a ping any inbound frame must arrive before the peer
     /// is declared dead and the link reconnects. Defaults to 10 s.
     pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
-        self.cfg.heartbeat_timeout = d;
+        self.rules().heartbeat_timeout = d;
         self
     }
 
@@ -114,8 +127,11 @@ impl ClientBuilder {
         reply_operator: impl Into<String>,
     ) -> Self {
         match serde_json::to_value(payload) {
-            Ok(v) => match crate::message::encode(v, &self.cfg.operator_field) {
-                Ok((text, _)) => self.cfg.app_heartbeat = Some((text, reply_operator.into())),
+            Ok(v) => match crate::message::encode(v, &self.cfg.rules.operator_field) {
+                Ok((text, _)) => {
+                    let reply = reply_operator.into();
+                    self.rules().app_heartbeat = Some((tungstenite::Utf8Bytes::from(text), reply));
+                }
                 Err(e) => self.problems.push(format!("app_heartbeat: {e}")),
             },
             Err(e) => self.problems.push(format!("app_heartbeat: {e}")),
@@ -126,30 +142,44 @@ impl ClientBuilder {
     /// Dispatch application heartbeat replies to subscribers too.
     /// Defaults to false.
     pub fn app_heartbeat_dispatch(mut self, yes: bool) -> Self {
-        self.cfg.app_heartbeat_dispatch = yes;
+        self.rules().app_heartbeat_dispatch = yes;
         self
     }
 
-    /// Lower bound of the reconnect backoff (also the floor of its jitter).
-    /// Defaults to 500 ms.
+    /// Lower bound of the reconnect backoff (also the floor of its jitter;
+    /// the jitter window is at least four times this wide). Defaults to
+    /// 500 ms.
     pub fn reconnect_min_delay(mut self, d: Duration) -> Self {
-        self.cfg.backoff.min = d;
+        self.rules().backoff.min = d;
         self
     }
 
     /// Upper bound of the reconnect backoff; jitter still applies there.
     /// Defaults to 30 s.
     pub fn reconnect_max_delay(mut self, d: Duration) -> Self {
-        self.cfg.backoff.max = d;
+        self.rules().backoff.max = d;
+        self
+    }
+
+    /// The first retry after a working link drops waits a random time below
+    /// this (uniformly): when a server restarts, its clients do not all
+    /// come back in the same instant. Defaults to 250 ms: a lone drop is
+    /// still retried at once (125 ms at the median); a restarting server
+    /// is usually still down by then, and the attempts that fail are
+    /// spread over at least four minimum delays
+    /// ([`reconnect_min_delay`](Self::reconnect_min_delay)). Zero retries
+    /// at once.
+    pub fn reconnect_spread(mut self, d: Duration) -> Self {
+        self.rules().backoff.spread = d;
         self
     }
 
     /// How long a link must stay open to count as healthy: after that, a drop
-    /// is retried at once and the backoff starts over. Shorter-lived links
+    /// is retried after the spread and the backoff starts over. Shorter-lived links
     /// keep backing off, so a server that accepts and drops is not hammered.
     /// Defaults to 5 s.
     pub fn reconnect_healthy_after(mut self, d: Duration) -> Self {
-        self.cfg.backoff.healthy_after = d;
+        self.rules().backoff.healthy_after = d;
         self
     }
 
@@ -158,7 +188,7 @@ impl ClientBuilder {
     /// third failed attempt in a row is the last one (the first connect
     /// counts as an attempt). Must be at least 1. Defaults to unlimited.
     pub fn reconnect_max_attempts(mut self, n: u32) -> Self {
-        self.cfg.backoff.max_attempts = Some(n);
+        self.rules().backoff.max_attempts = Some(n);
         self
     }
 
@@ -166,7 +196,7 @@ impl ClientBuilder {
     /// Defaults to false: 4xx other than 408 and 429 end the link in
     /// [`CloseReason::Fatal`](crate::CloseReason::Fatal); 5xx are always retried.
     pub fn reconnect_on_rejection(mut self, yes: bool) -> Self {
-        self.cfg.retry_rejections = yes;
+        self.rules().retry_rejections = yes;
         self
     }
 
@@ -185,7 +215,7 @@ impl ClientBuilder {
 
     /// What `send` does when the outbox is full. Defaults to [`Overflow::Reject`].
     pub fn outbox_overflow(mut self, policy: Overflow) -> Self {
-        self.cfg.overflow = policy;
+        self.rules().overflow = policy;
         self
     }
 
@@ -206,13 +236,13 @@ impl ClientBuilder {
     /// How long the `on_open` hook may take before the attempt counts as
     /// failed. Defaults to 10 s.
     pub fn login_timeout(mut self, d: Duration) -> Self {
-        self.cfg.login_timeout = d;
+        self.rules().login_timeout = d;
         self
     }
 
     /// The JSON field that names a message's operator. Defaults to `"Operator"`.
     pub fn operator_field(mut self, field: impl Into<String>) -> Self {
-        self.cfg.operator_field = field.into().into();
+        self.rules().operator_field = field.into().into();
         self
     }
 
@@ -226,7 +256,7 @@ impl ClientBuilder {
     /// Suffix of the error reply operator: `X` + suffix fails the request
     /// with [`Error::Remote`]. Defaults to `"Error"`.
     pub fn error_suffix(mut self, s: impl Into<String>) -> Self {
-        self.cfg.error_suffix = s.into().into();
+        self.rules().error_suffix = s.into().into();
         self
     }
 
@@ -236,7 +266,7 @@ impl ClientBuilder {
     /// request its answer. Defaults to off: replies are matched by
     /// operator, first in, first out (see [`Client::request`]).
     pub fn correlation_field(mut self, field: impl Into<String>) -> Self {
-        self.cfg.correlation_field = Some(field.into().into());
+        self.rules().correlation_field = Some(field.into().into());
         self
     }
 
@@ -315,7 +345,7 @@ impl ClientBuilder {
     /// loopback it costs no throughput (`cargo bench --bench perf`).
     /// Both must be at least 1.
     pub fn in_flight_window(mut self, messages: usize, bytes: usize) -> Self {
-        self.cfg.in_flight_window = (messages, bytes);
+        self.rules().window = (messages, bytes);
         self
     }
 
@@ -425,7 +455,7 @@ impl ClientBuilder {
     /// [`Error::Rejected`], [`Error::Tls`]…) when the timeout passes or a
     /// permanent failure ends the link; its threads are then stopped.
     pub fn connect(self) -> Result<Client, Error> {
-        let timeout = self.cfg.connect_timeout;
+        let timeout = self.cfg.rules.connect_timeout;
         let registry = self.registry.clone();
         let client = Client::spawn(self.validate()?, registry)?;
         client.wait_open(timeout)?;

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backoff::BackoffPolicy;
 use crate::dispatch::Registry;
+use crate::session::Rules;
 use crate::tunnel::HttpProxy;
-use crate::{Error, JournalSync, Link, Overflow};
+use crate::{Error, JournalSync, Link};
 
 pub(crate) use url::redact_url;
 
@@ -30,31 +30,19 @@ pub(crate) struct Config {
     pub(crate) url: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) header_fn: Option<Arc<HeaderFn>>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) heartbeat_timeout: Duration,
-    /// Frame text and reply operator.
-    pub(crate) app_heartbeat: Option<(String, String)>,
-    pub(crate) app_heartbeat_dispatch: bool,
-    pub(crate) backoff: BackoffPolicy,
-    pub(crate) retry_rejections: bool,
     pub(crate) outbox_capacity: usize,
     pub(crate) outbox_max_bytes: usize,
-    pub(crate) overflow: Overflow,
     pub(crate) on_open: Option<Arc<OpenHook>>,
-    pub(crate) login_timeout: Duration,
-    pub(crate) operator_field: Arc<str>,
     pub(crate) reply_suffix: String,
-    pub(crate) error_suffix: Arc<str>,
-    pub(crate) correlation_field: Option<Arc<str>>,
     pub(crate) request_timeout: Duration,
     pub(crate) dispatch_capacity: usize,
     pub(crate) max_message_size: usize,
     pub(crate) read_buffer_size: usize,
     pub(crate) drop_close_timeout: Duration,
+    /// What the session's rules need (timers, backoff, overflow, field
+    /// names, the in-flight window), shared with the session.
+    pub(crate) rules: Arc<Rules>,
     pub(crate) at_least_once: bool,
-    /// Messages and bytes written ahead of the acknowledgements, at most.
-    pub(crate) in_flight_window: (usize, usize),
     pub(crate) ack_operator: Arc<str>,
     pub(crate) msg_id_field: Arc<str>,
     pub(crate) msg_run_field: String,
@@ -81,20 +69,10 @@ impl fmt::Debug for Config {
                     .collect::<Vec<_>>(),
             )
             .field("header_fn", &self.header_fn.is_some())
-            .field("connect_timeout", &self.connect_timeout)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("heartbeat_timeout", &self.heartbeat_timeout)
-            .field(
-                "app_heartbeat",
-                &self.app_heartbeat.as_ref().map(|(_, reply)| reply),
-            )
-            .field("backoff", &self.backoff)
+            .field("rules", &self.rules)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("outbox_max_bytes", &self.outbox_max_bytes)
-            .field("overflow", &self.overflow)
             .field("on_open", &self.on_open.is_some())
-            .field("operator_field", &self.operator_field)
-            .field("correlation_field", &self.correlation_field)
             .field("at_least_once", &self.at_least_once)
             .field("journal", &self.journal)
             .field("journal_sync", &self.journal_sync)

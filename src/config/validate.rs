@@ -1,6 +1,8 @@
 //! Checking the whole configuration once, before any connection: every
 //! problem is reported together.
 
+use std::sync::Arc;
+
 use super::url::check_url;
 use super::{ClientBuilder, Config};
 use crate::Error;
@@ -31,10 +33,10 @@ impl ClientBuilder {
             Err(problem) => self.problems.push(problem),
         }
         for (name, d) in [
-            ("connect_timeout", c.connect_timeout),
-            ("heartbeat_interval", c.heartbeat_interval),
-            ("heartbeat_timeout", c.heartbeat_timeout),
-            ("login_timeout", c.login_timeout),
+            ("connect_timeout", c.rules.connect_timeout),
+            ("heartbeat_interval", c.rules.heartbeat_interval),
+            ("heartbeat_timeout", c.rules.heartbeat_timeout),
+            ("login_timeout", c.rules.login_timeout),
             ("request_timeout", c.request_timeout),
         ] {
             if d.is_zero() {
@@ -42,11 +44,11 @@ impl ClientBuilder {
                     .push(format!("{name} must be greater than zero"));
             }
         }
-        if c.backoff.max_attempts == Some(0) {
+        if c.rules.backoff.max_attempts == Some(0) {
             self.problems
                 .push("reconnect_max_attempts must be at least 1".into());
         }
-        if c.backoff.min > c.backoff.max {
+        if c.rules.backoff.min > c.rules.backoff.max {
             self.problems
                 .push("reconnect_min_delay must not exceed reconnect_max_delay".into());
         }
@@ -62,19 +64,22 @@ impl ClientBuilder {
                     .push(format!("{name} must be greater than zero"));
             }
         }
-        if c.operator_field.is_empty() {
+        if c.rules.operator_field.is_empty() {
             self.problems
                 .push("operator_field must not be empty".into());
         }
-        if let Some(f) = &c.correlation_field
-            && (f.is_empty() || *f == c.operator_field)
+        if let Some(f) = &c.rules.correlation_field
+            && (f.is_empty() || *f == c.rules.operator_field)
         {
             self.problems
                 .push("correlation_field must be a non-empty field other than the operator".into());
         }
         if c.at_least_once {
             let f = &c.msg_id_field;
-            if f.is_empty() || *f == c.operator_field || c.correlation_field.as_ref() == Some(f) {
+            if f.is_empty()
+                || *f == c.rules.operator_field
+                || c.rules.correlation_field.as_ref() == Some(f)
+            {
                 self.problems.push(
                     "message_id_field must be a non-empty field other than the operator and correlation fields".into(),
                 );
@@ -82,14 +87,14 @@ impl ClientBuilder {
             let r = &c.msg_run_field;
             if r.is_empty()
                 || **r == **f
-                || **r == *c.operator_field
-                || c.correlation_field.as_deref() == Some(r.as_str())
+                || **r == *c.rules.operator_field
+                || c.rules.correlation_field.as_deref() == Some(r.as_str())
             {
                 self.problems.push(
                     "message_run_field must be a non-empty field other than the operator, correlation and message id fields".into(),
                 );
             }
-            if c.in_flight_window.0 == 0 || c.in_flight_window.1 == 0 {
+            if c.rules.window.0 == 0 || c.rules.window.1 == 0 {
                 self.problems
                     .push("in_flight_window must allow at least one message and one byte".into());
             }
@@ -100,6 +105,14 @@ impl ClientBuilder {
         if from_env.is_some() {
             self.cfg.proxy = from_env;
         }
+        // What the rules derive from the rest of the configuration.
+        let c = &mut self.cfg;
+        let rules = Arc::make_mut(&mut c.rules);
+        rules.on_open = c.on_open.is_some();
+        rules.acks = c
+            .at_least_once
+            .then(|| (c.ack_operator.clone(), c.msg_id_field.clone()));
+        rules.durable = c.journal.is_some();
         // Every connect uses the checked, normalised URL.
         if let Some(url) = url {
             self.cfg.url = url;

@@ -24,7 +24,7 @@ use tungstenite::Utf8Bytes;
 
 use crate::command::{Command, Event, Item};
 use crate::config::redact_url;
-use crate::session::{Inbound, Output, Rules, Session, Transmit, Written};
+use crate::session::{Inbound, Output, Session, Transmit, Written};
 use crate::shared::Shared;
 use crate::{Error, InvalidFrame};
 use socket::{Socket, would_block};
@@ -54,9 +54,8 @@ pub(crate) fn run(
     recovered: Vec<Item>,
 ) {
     let stack_top = crate::stack::Top::here();
-    let rules = Rules::from_config(&shared.cfg);
     let session = Session::new(
-        rules,
+        shared.cfg.rules.clone(),
         shared.budget.clone(),
         shared.counters.clone(),
         recovered,

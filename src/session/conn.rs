@@ -19,7 +19,7 @@ use crate::{Cause, Error, Failure, InvalidFrame, Message, Status};
 
 /// Receipts and answered requests one connection keeps while it waits for a
 /// pong (about 1 MiB): past it, writing waits for the pong.
-pub(super) const TRACK_CAP: usize = 1 << 16;
+pub(crate) const TRACK_CAP: usize = 1 << 16;
 
 pub(super) struct ConnState {
     pub(super) id: u64,

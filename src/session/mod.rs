@@ -32,6 +32,7 @@ mod queue;
 mod tests;
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,21 +40,22 @@ use tungstenite::Utf8Bytes;
 
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::command::{Command, Event, Item, Waiter};
-use crate::config::Config;
 use crate::delivery::ReceiptCell;
 use crate::liveness::Verdict;
 use crate::outbox::Budget;
 use crate::state::Counters;
 use crate::{Cause, CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
 use conn::ConnState;
+pub(crate) use conn::TRACK_CAP;
 
 /// How long past its connect timeout an attempt may take to answer before
 /// it is given up (DNS has no timeout of its own).
 const ATTEMPT_GRACE: Duration = Duration::from_millis(500);
 
-/// The knobs the rules need, taken from the configuration (its strings
-/// shared, not copied: an idle link should cost little memory).
-#[derive(Debug, Clone)]
+/// The knobs the rules need: part of the configuration, which the builder
+/// writes and the session shares (one copy per link: an idle link should
+/// cost little memory).
+#[derive(Clone)]
 pub(crate) struct Rules {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) heartbeat_timeout: Duration,
@@ -81,32 +83,27 @@ pub(crate) struct Rules {
     pub(crate) track_cap: usize,
 }
 
-impl Rules {
-    pub(crate) fn from_config(cfg: &Config) -> Rules {
-        Rules {
-            heartbeat_interval: cfg.heartbeat_interval,
-            heartbeat_timeout: cfg.heartbeat_timeout,
-            app_heartbeat: cfg
-                .app_heartbeat
-                .as_ref()
-                .map(|(text, reply)| (Utf8Bytes::from(text.clone()), reply.clone())),
-            app_heartbeat_dispatch: cfg.app_heartbeat_dispatch,
-            backoff: cfg.backoff,
-            retry_rejections: cfg.retry_rejections,
-            connect_timeout: cfg.connect_timeout,
-            login_timeout: cfg.login_timeout,
-            on_open: cfg.on_open.is_some(),
-            overflow: cfg.overflow,
-            operator_field: cfg.operator_field.clone(),
-            error_suffix: cfg.error_suffix.clone(),
-            correlation_field: cfg.correlation_field.clone(),
-            acks: cfg
-                .at_least_once
-                .then(|| (cfg.ack_operator.clone(), cfg.msg_id_field.clone())),
-            window: cfg.in_flight_window,
-            durable: cfg.journal.is_some(),
-            track_cap: conn::TRACK_CAP,
-        }
+impl fmt::Debug for Rules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the app heartbeat's text: a payload.
+        f.debug_struct("Rules")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field(
+                "app_heartbeat_reply",
+                &self.app_heartbeat.as_ref().map(|(_, reply)| reply),
+            )
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("login_timeout", &self.login_timeout)
+            .field("on_open", &self.on_open)
+            .field("overflow", &self.overflow)
+            .field("operator_field", &self.operator_field)
+            .field("correlation_field", &self.correlation_field)
+            .field("acks", &self.acks)
+            .field("window", &self.window)
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
     }
 }
 
@@ -226,7 +223,10 @@ pub(crate) enum Output {
 
 /// The rules of one link. See the module docs.
 pub(crate) struct Session {
-    rules: Rules,
+    /// Shared with the configuration, not copied; behind a pointer, the
+    /// session's frame stays small (an idle link keeps its stack pages
+    /// resident: see `crate::stack`).
+    rules: Arc<Rules>,
     budget: Arc<Budget>,
     counters: Arc<Counters>,
     phase: Phase,
@@ -284,7 +284,7 @@ impl Output {
 impl Session {
     /// A session with the messages recovered from a journal, which go first.
     pub(crate) fn new(
-        rules: Rules,
+        rules: Arc<Rules>,
         budget: Arc<Budget>,
         counters: Arc<Counters>,
         recovered: Vec<Item>,

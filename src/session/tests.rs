@@ -34,6 +34,7 @@ fn rules() -> Rules {
             max: Duration::from_secs(30),
             healthy_after: Duration::from_secs(5),
             max_attempts: None,
+            spread: Duration::ZERO,
         },
         retry_rejections: false,
         connect_timeout: Duration::from_secs(10),
@@ -69,7 +70,12 @@ impl Sim {
     fn new(rules: Rules) -> Sim {
         let budget = Arc::new(Budget::new(100, 1 << 20));
         let counters = Arc::new(Counters::default());
-        let s = Session::new(rules, budget.clone(), counters.clone(), Vec::new());
+        let s = Session::new(
+            Arc::new(rules),
+            budget.clone(),
+            counters.clone(),
+            Vec::new(),
+        );
         Sim {
             s,
             now: Instant::now(),

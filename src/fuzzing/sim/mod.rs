@@ -359,6 +359,7 @@ impl Sim {
                 max: ms(2000),
                 healthy_after: ms(1000),
                 max_attempts: cfg.max_attempts,
+                spread: ms(50),
             },
             retry_rejections: false,
             connect_timeout: if cfg.unlimited {
@@ -388,7 +389,12 @@ impl Sim {
         };
         let budget = Arc::new(Budget::new(cfg.capacity, cfg.max_bytes));
         let counters = Arc::new(Counters::default());
-        let session = Session::new(rules, budget.clone(), counters.clone(), Vec::new());
+        let session = Session::new(
+            Arc::new(rules),
+            budget.clone(),
+            counters.clone(),
+            Vec::new(),
+        );
         let run = cfg.seed % (1 << 53);
         let t0 = Instant::now();
         let mut sim = Sim {

@@ -96,10 +96,10 @@ fn drop_oldest_gives_up_the_oldest_message_and_keeps_the_newest() {
     });
     t.budget = Arc::new(Budget::new(2, 1 << 20));
     t.s = Session::new(
-        Rules {
+        Arc::new(Rules {
             overflow: Overflow::DropOldest,
             ..rules()
-        },
+        }),
         t.budget.clone(),
         t.counters.clone(),
         Vec::new(),
