@@ -5,7 +5,30 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Down, Flight, Sim, Up};
+use super::Sim;
+use super::net::{Down, Flight, Up};
+
+/// The server's view of one connection.
+#[derive(Debug)]
+pub(super) struct ServerConn {
+    pub(super) id: u64,
+    /// It sent a Close: what arrives after is discarded.
+    pub(super) closing: bool,
+    pub(super) no_pong: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Server {
+    pub(super) conn: Option<ServerConn>,
+    /// Dedup state: (run, highest id) of the at-least-once sequence.
+    pub(super) run: Option<u64>,
+    pub(super) highest: u64,
+    /// An acknowledgement owed, sent with the next message's.
+    pub(super) ack_owed: bool,
+    /// Messages (their `k`) its application handled, first copies only.
+    pub(super) app: Vec<u64>,
+    pub(super) duplicates: u64,
+}
 
 impl Sim {
     pub(super) fn server_read(&mut self, f: Flight<Up>) {
@@ -111,5 +134,31 @@ impl Sim {
         self.server.ack_owed = false;
         let n = self.server.highest;
         self.server_send(at, conn, json!({"Operator": "Ack", "msgId": n}));
+    }
+
+    /// The server pushes a message.
+    pub(super) fn push(&mut self) {
+        if let Some(c) = self.server.conn.as_ref().filter(|c| !c.closing) {
+            let id = c.id;
+            let at = self.now + self.latency();
+            self.server_send(at, id, json!({"Operator": "News"}));
+        }
+    }
+
+    /// The server sends a Close frame and reads nothing more.
+    pub(super) fn peer_close(&mut self) {
+        if let Some(c) = self.server.conn.as_mut().filter(|c| !c.closing) {
+            c.closing = true;
+            let id = c.id;
+            let at = self.now + self.latency();
+            self.push_down(at, id, Down::Close(1000));
+        }
+    }
+
+    /// The server stops answering pings on this connection.
+    pub(super) fn no_pong(&mut self) {
+        if let Some(c) = self.server.conn.as_mut() {
+            c.no_pong = true;
+        }
     }
 }
