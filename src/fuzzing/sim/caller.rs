@@ -1,62 +1,167 @@
 //! The caller: sends with every option, requests by name or id, the
-//! `on_open` hook's `Link`, `close`; and each waiting caller, who polls
-//! its one-shot channel and gives up at its deadline.
+//! `on_open` hook's `Link`, `close`; callers blocked for room in the
+//! outbox; and each waiting caller, who polls its one-shot channel and
+//! gives up at its deadline.
 
-use std::sync::Arc;
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use serde_json::{Value, json};
 
+use super::model::{Msg, Req};
 use super::{Sim, ms_or_max};
 use crate::command::{Command, Item, ReplyTo, Waiter};
 use crate::delivery::ReceiptCell;
 use crate::pending::Key;
-use crate::{Error, Message, Status};
+use crate::{Error, Overflow};
 
-/// One message accepted by `send`, as the model follows it.
-#[derive(Debug)]
-pub(super) struct Msg {
-    pub(super) k: u64,
-    pub(super) id: Option<u64>,
-    pub(super) expires: Option<Instant>,
-    pub(super) receipt: Option<Arc<ReceiptCell>>,
-    /// Statuses the session gave its receipt, in order.
-    pub(super) statuses: Vec<Status>,
-    /// Times written.
-    pub(super) written: u32,
-    /// Times the server's WebSocket layer read it.
-    pub(super) read: u32,
-    pub(super) handed_back: bool,
-    /// The `on_open` step's message for this connection.
-    pub(super) hook: Option<u64>,
+/// A `send` or `request` of the application, made at `at`.
+#[derive(Clone, Copy)]
+pub(super) enum Submit {
+    Send {
+        ttl_ms: Option<u16>,
+        volatile: bool,
+        receipt: bool,
+        pad: u8,
+        at: Instant,
+    },
+    Request {
+        op: u8,
+        timeout_ms: u16,
+        idempotent: bool,
+        at: Instant,
+    },
 }
 
-/// One request, as its caller sees it.
+impl fmt::Debug for Submit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Submit::Send { ttl_ms, pad, .. } => write!(f, "send (ttl {ttl_ms:?} ms, pad {pad})"),
+            Submit::Request { op, timeout_ms, .. } => {
+                write!(f, "request (op {op}, timeout {timeout_ms} ms)")
+            }
+        }
+    }
+}
+
+/// A caller waiting for room in the outbox (`Overflow::Block`) until `until`.
 #[derive(Debug)]
-pub(super) struct Req {
-    pub(super) k: u64,
-    pub(super) op: String,
-    pub(super) req_id: Option<u64>,
-    pub(super) deadline: Instant,
-    pub(super) idempotent: bool,
-    pub(super) rx: Receiver<Result<Message, Error>>,
-    pub(super) answer: Option<(Instant, Result<Message, Error>)>,
-    /// The caller gave up at its deadline.
-    pub(super) timed_out: bool,
-    /// A failure that came after that.
-    pub(super) late: Option<Result<Message, Error>>,
-    pub(super) written: u32,
-    /// The client read its own reply in time on this connection.
-    pub(super) own_reply: Option<u64>,
-    /// The `on_open` step's request for this connection.
-    pub(super) hook: Option<u64>,
+pub(super) struct Blocked {
+    what: Submit,
+    until: Instant,
 }
 
 impl Sim {
     pub(super) fn send(&mut self, ttl_ms: Option<u16>, volatile: bool, receipt: bool, pad: u8) {
+        let at = self.now;
+        self.submit(Submit::Send {
+            ttl_ms,
+            volatile,
+            receipt,
+            pad,
+            at,
+        });
+    }
+
+    /// A request of the application (through the outbox), or of the
+    /// `on_open` step of connection `hook` (past it).
+    pub(super) fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool, hook: Option<u64>) {
+        let at = self.now;
+        match hook {
+            Some(conn) => {
+                self.accept_request(op, timeout_ms, idempotent, at, Some(conn));
+            }
+            None => self.submit(Submit::Request {
+                op,
+                timeout_ms,
+                idempotent,
+                at,
+            }),
+        }
+    }
+
+    /// As `Shared::submit`: refused once closing; else room is reserved by
+    /// the overflow policy. `Overflow::Block(d)`: a caller that finds no
+    /// room waits, in this single-threaded model, as one of
+    /// [`blocked`](Sim::blocked): before every later step it tries again,
+    /// until room frees or `d` has passed (then it gets `OutboxFull`).
+    fn submit(&mut self, what: Submit) {
+        if self.closing || self.ended {
+            return self.note(|| format!("{what:?}: refused, closed"));
+        }
+        if self.accept(what) {
+            return;
+        }
+        match self.cfg.overflow {
+            Overflow::Block(d) => {
+                self.figures.blocked += 1;
+                self.note(|| format!("{what:?}: waits for room up to {d:?}"));
+                let until = crate::time::after(self.now, d);
+                self.blocked.push_back(Blocked { what, until });
+            }
+            _ => self.note(|| format!("{what:?}: outbox full, handed back")),
+        }
+    }
+
+    /// Callers blocked for room try again, oldest first; those whose wait
+    /// is over give up (`OutboxFull`), and close refuses them all.
+    pub(super) fn unblock(&mut self) {
+        for b in std::mem::take(&mut self.blocked) {
+            if self.closing || self.ended {
+                self.note(|| format!("blocked {:?}: refused, closed", b.what));
+            } else if self.accept(b.what) {
+                self.note(|| format!("blocked {:?}: found room", b.what));
+            } else if self.now >= b.until {
+                self.note(|| format!("blocked {:?}: outbox full, handed back", b.what));
+            } else {
+                self.blocked.push_back(b);
+            }
+        }
+    }
+
+    /// Reserve room for `weight` as the overflow policy says.
+    fn reserve(&self, weight: usize) -> bool {
+        match self.cfg.overflow {
+            // The handle waits past twice the bound; the driver trims
+            // each message as it takes it, so it never waits here.
+            Overflow::DropOldest => {
+                self.budget.force_reserve(weight);
+                true
+            }
+            _ => self.budget.try_reserve(weight),
+        }
+    }
+
+    /// Whether the outbox took it (it is refused for good when the
+    /// journal cannot take it).
+    fn accept(&mut self, what: Submit) -> bool {
+        match what {
+            Submit::Send {
+                ttl_ms,
+                volatile,
+                receipt,
+                pad,
+                at,
+            } => self.accept_send(ttl_ms, volatile, receipt, pad, at),
+            Submit::Request {
+                op,
+                timeout_ms,
+                idempotent,
+                at,
+            } => self.accept_request(op, timeout_ms, idempotent, at, None),
+        }
+    }
+
+    fn accept_send(
+        &mut self,
+        ttl_ms: Option<u16>,
+        volatile: bool,
+        receipt: bool,
+        pad: u8,
+        at: Instant,
+    ) -> bool {
         let k = self.next_k;
-        self.next_k += 1;
         let pad = "x".repeat(usize::from(pad));
         let plain = json!({"Operator": "Post", "k": k, "pad": pad}).to_string();
         let stamp = self.cfg.at_least_once && !volatile;
@@ -64,49 +169,39 @@ impl Sim {
         if stamp {
             item.weight += self.stamp_key.len() + 21;
         }
-        if self.closing || self.ended {
-            return self.note(|| format!("send k{k}: refused, closed"));
+        if !self.reserve(item.weight) {
+            return false;
         }
-        let reserved = if self.cfg.drop_oldest {
-            // The handle waits past twice the bound; the driver trims
-            // each message as it takes it, so it never waits here.
-            self.budget.force_reserve(item.weight);
-            true
-        } else {
-            self.budget.try_reserve(item.weight)
-        };
-        if !reserved {
-            return self.note(|| format!("send k{k}: outbox full, handed back"));
-        }
-        let id = stamp.then(|| {
-            let id = self.next_id;
-            self.next_id += 1;
+        self.next_k += 1;
+        // As `send_with` computes it, before it waits for room.
+        item.expires = ttl_ms.map(|t| crate::time::after(at, ms_or_max(t)));
+        item.volatile = volatile;
+        let id = stamp.then_some(self.next_id);
+        if let Some(id) = id {
             item.text = crate::sequence::stamp_text(&plain, &self.stamp_key, id).into();
             item.id = Some(id);
-            id
-        });
-        // As `send_with` computes it.
-        item.expires = ttl_ms.map(|t| crate::time::after(self.now, ms_or_max(t)));
-        item.volatile = volatile;
+            // Durable: in the journal before `send` returns.
+            if !self.journal_append(&item) {
+                self.budget.release(item.weight);
+                self.note(|| format!("send k{k}: the journal refused it"));
+                return true;
+            }
+            self.next_id += 1;
+        }
         let cell = receipt.then(ReceiptCell::new);
         if let (Some(c), Some(id)) = (&cell, id) {
             c.set_id(id);
         }
         item.receipt = cell.clone();
         self.figures.sent += 1;
-        self.msgs.push(Msg {
-            k,
-            id,
-            expires: item.expires,
-            receipt: cell,
-            statuses: Vec::new(),
-            written: 0,
-            read: 0,
-            handed_back: false,
-            hook: None,
-        });
+        let mut m = Msg::new(k, item.text.len(), self.now, self.epoch);
+        m.id = id;
+        m.expires = item.expires;
+        m.receipt = cell;
+        self.msgs.push(m);
         self.note(|| format!("send k{k} id {id:?}"));
         self.cmds.push_back(Command::Send(item));
+        true
     }
 
     /// The `on_open` hook's `Link` sends or asks, as `Shared::submit` does:
@@ -126,68 +221,54 @@ impl Sim {
         self.next_k += 1;
         let text = json!({"Operator": "Post", "k": k, "pad": "", "hook": conn}).to_string();
         self.figures.sent += 1;
-        self.msgs.push(Msg {
-            k,
-            id: None,
-            expires: None,
-            receipt: None,
-            statuses: Vec::new(),
-            written: 0,
-            read: 0,
-            handed_back: false,
-            hook: Some(conn),
-        });
+        let mut m = Msg::new(k, text.len(), self.now, self.epoch);
+        m.hook = Some(conn);
+        self.msgs.push(m);
         self.note(|| format!("hook send k{k} on conn {conn}"));
         let item = Item::new(text);
         self.cmds.push_back(Command::OnOpen { conn, item });
     }
 
-    pub(super) fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool, hook: Option<u64>) {
-        if hook.is_none() && (self.closing || self.ended) {
-            return;
-        }
+    fn accept_request(
+        &mut self,
+        op: u8,
+        timeout_ms: u16,
+        idempotent: bool,
+        at: Instant,
+        hook: Option<u64>,
+    ) -> bool {
         let k = self.next_k;
-        self.next_k += 1;
         let op = if op == 0 { "ReqA" } else { "ReqB" };
         let mut value = json!({"Operator": op, "k": k});
-        let key = if self.cfg.by_id {
-            let id = self.next_req;
-            self.next_req += 1;
-            value["reqId"] = json!(id);
-            Key::Id(id)
-        } else {
-            Key::Operator {
+        let req_id = self.cfg.by_id.then_some(self.next_req);
+        let key = match req_id {
+            Some(id) => {
+                value["reqId"] = json!(id);
+                Key::Id(id)
+            }
+            None => Key::Operator {
                 reply: format!("{op}OK"),
                 errors: vec![format!("{op}Error")],
-            }
+            },
         };
         let mut item = Item::new(value.to_string());
         // The on_open step's messages take no room in the outbox.
-        let reserved = if hook.is_some() {
-            true
-        } else if self.cfg.drop_oldest {
-            self.budget.force_reserve(item.weight);
-            true
-        } else {
-            self.budget.try_reserve(item.weight)
-        };
-        if !reserved {
-            return self.note(|| format!("request k{k}: outbox full"));
+        if hook.is_none() && !self.reserve(item.weight) {
+            return false;
         }
+        self.next_k += 1;
+        self.next_req += u64::from(req_id.is_some());
         let (tx, rx) = crossbeam_channel::bounded(1);
-        // As `request_with` computes it (a millisecond later: the caller
-        // gives up just after the session would answer).
+        // As `request_with` computes it, before it waits for room (a
+        // millisecond later: the caller gives up just after the session
+        // would answer).
         let timeout = ms_or_max(timeout_ms).saturating_add(Duration::from_millis(1));
-        let deadline = crate::time::after(self.now, timeout);
+        let deadline = crate::time::after(at, timeout);
         let waiter = Waiter {
             tx,
             errors: vec![format!("{op}Error")],
             retry: None,
             written_at: 0,
-        };
-        let req_id = match &key {
-            Key::Id(id) => Some(*id),
-            Key::Operator { .. } => None,
         };
         item.reply = Some(Box::new(ReplyTo {
             key,
@@ -209,12 +290,15 @@ impl Sim {
             written: 0,
             own_reply: None,
             hook,
+            epoch: self.epoch,
+            too_large: 0,
         });
         self.note(|| format!("request k{k} {op} {req_id:?} hook {hook:?}"));
         self.cmds.push_back(match hook {
             Some(conn) => Command::OnOpen { conn, item },
             None => Command::Send(item),
         });
+        true
     }
 
     /// `close` with a timeout of `ms`.
@@ -238,6 +322,10 @@ impl Sim {
     pub(super) fn callers_at(&mut self, now: Instant) {
         for i in 0..self.reqs.len() {
             let r = &mut self.reqs[i];
+            // Its caller died with its process.
+            if r.epoch != self.epoch {
+                continue;
+            }
             let polled = r.rx.try_recv();
             if let Err(TryRecvError::Disconnected) = polled
                 && r.answer.is_none()

@@ -18,7 +18,7 @@ use crate::session::{Inbound, Output, Transmit, Written};
 use crate::{Error, Failure, LinkState, Status};
 
 impl Sim {
-    /// One turn of the I/O loop.
+    /// One turn of the I/O loop, as `Io::run` and `Io::service` do it.
     pub(super) fn turn(&mut self) {
         let now = self.now;
         while let Some(cmd) = self.cmds.pop_front() {
@@ -28,8 +28,12 @@ impl Sim {
         if self.session.close_ready(now, true) {
             return self.finish();
         }
-        // Read what has arrived.
+        self.resume_reading();
+        // Read what has arrived, unless the dispatcher is full.
         while let Some(conn) = self.sock {
+            if self.paused {
+                break;
+            }
             if self.reset == Some(conn) {
                 self.reset = None;
                 self.session.handle_lost(now, "read failed: reset".into());
@@ -54,13 +58,17 @@ impl Sim {
             if let Inbound::Text(t) = &inbound {
                 self.reply_read(conn, t.as_str());
             }
+            self.quiet_from = now;
             self.session.handle_frame(now, inbound);
             self.perform();
         }
-        self.session.handle_timeout(now);
+        self.journal_acks();
+        self.judge_time();
         self.perform();
         self.write();
         self.perform();
+        // A request just written may need reading resumed for its reply.
+        self.resume_reading();
     }
 
     fn write(&mut self) {
@@ -83,6 +91,12 @@ impl Sim {
                         ));
                     }
                     let len = text.len();
+                    // Larger than the write buffer takes: never written.
+                    if len > self.cfg.write_limit {
+                        self.too_large(&text);
+                        self.session.transmitted(now, len, Written::TooLarge);
+                        continue;
+                    }
                     self.written(&text);
                     self.push_up(conn, Up::Text(text));
                     self.session.transmitted(now, len, Written::Yes);
@@ -115,15 +129,32 @@ impl Sim {
             None if !open => Some("before the on_open step finished"),
             _ => None,
         };
+        let epoch = self.epoch;
         if let Some(m) = self.msgs.iter_mut().find(|m| m.k == k) {
-            if m.written == 0 && m.expires.is_some_and(|e| e <= now) {
+            // Once written, a message is sent again whatever its time to
+            // live; a recovered one not known to be written keeps it.
+            if !m.written_as_counted() && m.expires.is_some_and(|e| e <= now) {
                 self.fail(format!("k{k} written after its time to live ran out"));
             }
             if let Some(why) = gate(m.hook) {
                 self.fail(format!("k{k} written {why}"));
             }
+            if m.epoch != epoch || m.too_large > 0 {
+                let why = if m.too_large > 0 {
+                    "though it was too large to write".to_owned()
+                } else {
+                    format!("by process {epoch}, though held by process {}", m.epoch)
+                };
+                self.fail(format!("k{k} written {why}"));
+            }
             m.written += 1;
+            m.written_here += 1;
         } else if let Some(r) = self.reqs.iter_mut().find(|r| r.k == k) {
+            if r.epoch != epoch || r.too_large > 0 {
+                self.fail(format!(
+                    "request k{k} written by the wrong process or too large"
+                ));
+            }
             if r.answer.is_some() || r.deadline <= now {
                 let what = format!("request k{k} written after it was answered or timed out");
                 self.fail(what);
@@ -136,6 +167,29 @@ impl Sim {
             self.fail(format!("wrote a frame nobody sent: {text}"));
         }
         self.note(|| format!("writes {text}"));
+    }
+
+    /// The model learns a frame was too large to write: it must never be
+    /// handed out again.
+    fn too_large(&mut self, text: &Utf8Bytes) {
+        let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+        let k = v["k"].as_u64().unwrap_or(0);
+        self.figures.too_large += 1;
+        self.note(|| format!("too large to write: k{k} ({} bytes)", text.len()));
+        let times = if let Some(m) = self.msgs.iter_mut().find(|m| m.k == k) {
+            m.too_large += 1;
+            m.too_large
+        } else if let Some(r) = self.reqs.iter_mut().find(|r| r.k == k) {
+            r.too_large += 1;
+            r.too_large
+        } else {
+            self.fail(format!("handed out a frame nobody sent: {text}"));
+        };
+        if times > 1 {
+            self.fail(format!(
+                "k{k} handed out again after it was too large to write"
+            ));
+        }
     }
 
     /// Do what the session asks, in its order.
@@ -176,6 +230,8 @@ impl Sim {
                 if self.server.conn.as_ref().map(|c| c.id) == conn {
                     self.server.conn = None;
                 }
+                self.paused = false;
+                self.reserve_used = 0;
             }
             Output::RunHook { conn } => {
                 self.hooks.push_back(conn);
@@ -188,6 +244,7 @@ impl Sim {
                 {
                     self.fail(format!("dispatched {:?} to subscribers", m.operator()));
                 }
+                self.deliver(&ev);
             }
             Output::Answer(a) => {
                 let (waiter, answer) = *a;
@@ -198,7 +255,8 @@ impl Sim {
                 self.note(|| format!("state {s:?}"));
                 self.state = Some(s);
             }
-            Output::JournalDrop(_) | Output::LastError(_) => {}
+            Output::JournalDrop(id) => self.journal_drop(id),
+            Output::LastError(_) => {}
             Output::Ended => self.ended = true,
         }
     }
@@ -227,8 +285,11 @@ impl Sim {
                     Some("though the server's application never had it")
                 }
                 Status::Expired if m.written > 0 => Some("though written"),
-                Status::Failed(Failure::Dropped) if !self.cfg.drop_oldest => {
+                Status::Failed(Failure::Dropped) if !self.drop_oldest() => {
                     Some("without drop-oldest")
+                }
+                Status::Failed(Failure::TooLarge) if m.too_large == 0 => {
+                    Some("though never too large to write")
                 }
                 // Drop-oldest makes room for the newest: never drops it.
                 Status::Failed(Failure::Dropped) if m.k + 1 == self.next_k => {
@@ -280,6 +341,10 @@ impl Sim {
             }
         }
         self.perform();
+        // Callers still blocked for room are refused; the journal keeps
+        // what was not delivered, and is released.
+        self.unblock();
+        self.journal_close();
         // Past close, every caller has an answer or has given up.
         self.now = self.now.max(deadline);
         self.callers();
@@ -337,6 +402,7 @@ impl Sim {
             self.figures.connects += 1;
             self.failed_in_a_row = 0;
             self.sock = Some(id);
+            self.quiet_from = self.now;
             self.server.conn = Some(ServerConn {
                 id,
                 closing: false,

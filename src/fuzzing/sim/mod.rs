@@ -2,8 +2,11 @@
 //! the I/O thread drives it, against a simulated clock, network and server,
 //! with every step checked against a small reference model.
 //!
-//! - **Clock**: an `Instant` taken once, plus an offset the steps advance.
-//!   Nothing reads the real clock after [`Sim::new`].
+//! - **Clock**: an `Instant` taken once, plus an offset the steps advance,
+//!   and a wall clock that starts at a fixed date for the journal's
+//!   deadlines. Nothing the simulation depends on reads the real clock
+//!   after [`Sim::new`] (a journal notes when it was opened, for a sync
+//!   policy that never syncs here).
 //! - **Network**: frames in flight each way with a latency (in order, as on
 //!   TCP); a reset (both ways lost, the client reads an error), a black
 //!   hole (everything vanishes, nobody is told), a connect attempt that
@@ -14,15 +17,22 @@
 //!   requests by name (`X` → `XOK` / `XError`) and by `reqId` (at once,
 //!   late or never), pushes, answers pings (or stops), closes at any moment.
 //! - **Caller**: sends with every option, requests by name or id (idempotent
-//!   or not), `reconnect_now`, the `on_open` hook's verdict, `close` with
-//!   its goodbye as `Socket::goodbye` does it. Waiters are real one-shot
-//!   channels the caller polls; it gives up at its deadline.
+//!   or not), under every overflow policy (a caller blocked for room waits
+//!   across steps), `reconnect_now`, the `on_open` hook's verdict, `close`
+//!   with its goodbye as `Socket::goodbye` does it. Waiters are real
+//!   one-shot channels the caller polls; it gives up at its deadline.
+//! - **Driver**: as `io::Io`: a write buffer that refuses frames over its
+//!   size (`Written::TooLarge`), a dispatcher whose subscribers lag (reading
+//!   pauses while it is full), a process frozen for a while (the driver
+//!   wakes late and says so), and durable mode: the real journal in a
+//!   directory of its own, and the process dying at any step, a new one
+//!   starting on what the journal recovered.
 //!
 //! Here: the configuration, the steps and the simulation's state; the
-//! caller (sends, requests, the `on_open` hook's `Link`, `close`) in
-//! `caller.rs`, the driver (as `io::Io` does it) in `driver.rs`, the
-//! network and the clock in `net.rs`, the server in `server.rs`, the
-//! invariants in `checks.rs`.
+//! caller in `caller.rs`, the model's records in `model.rs`, the driver
+//! in `driver.rs`, reading pauses and freezes in `reading.rs`, the journal
+//! and restarts in `restart.rs`, the network and the clock in `net.rs`, the
+//! server in `server.rs`, the invariants in `checks.rs`.
 //!
 //! Randomness comes from the configuration's seed only (the server's
 //! choices, latencies, and the session's backoff jitter through
@@ -41,14 +51,20 @@ use crate::outbox::Budget;
 use crate::session::{Output, Rules, Session};
 use crate::state::Counters;
 use crate::{LinkState, Overflow};
-use caller::{Msg, Req};
+use caller::Blocked;
+pub use model::Figures;
+use model::{Msg, Req};
 use net::{Down, Flight, Up};
+use restart::Disk;
 use server::Server;
 
 mod caller;
 mod checks;
 mod driver;
+mod model;
 mod net;
+mod reading;
+mod restart;
 mod server;
 
 /// The setup of one simulated link.
@@ -62,8 +78,12 @@ pub struct SimConfig {
     pub by_id: bool,
     /// An `on_open` hook gates every connection.
     pub on_open: bool,
-    /// Overflow policy: drop the oldest instead of refusing.
-    pub drop_oldest: bool,
+    /// Durable: at-least-once messages go to a journal file of their own
+    /// (this implies `at_least_once`), and [`Step::Restart`] restarts the
+    /// process on it.
+    pub durable: bool,
+    /// What `send` does when the outbox is full.
+    pub overflow: Overflow,
     /// Outbox capacity (messages).
     pub capacity: usize,
     /// Outbox capacity (bytes).
@@ -77,6 +97,12 @@ pub struct SimConfig {
     /// Receipts and answered requests a connection keeps while it waits
     /// for a pong (65,536 in the library; small, the bound is reached).
     pub track_cap: usize,
+    /// The largest frame the write buffer takes; a larger message is
+    /// `Written::TooLarge` (`usize::MAX`: any).
+    pub write_limit: usize,
+    /// Subscribers, whose dispatcher holds this many events before the
+    /// driver stops reading (`None`: no subscriber, no dispatcher).
+    pub dispatch_capacity: Option<usize>,
 }
 
 /// What the `on_open` hook reports.
@@ -126,8 +152,8 @@ pub enum Step {
     ConnectRejected,
     /// The oldest `on_open` hook still running reports.
     Hook(HookVerdict),
-    /// The server pushes a message.
-    Push,
+    /// The server pushes this many messages (a burst fills the dispatcher).
+    Push(u8),
     /// The connection is reset: frames in flight are lost both ways and
     /// the client reads an error.
     Reset,
@@ -151,32 +177,15 @@ pub enum Step {
     ReconnectNow,
     /// `close` with this timeout (ms).
     Close(u16),
-}
-
-/// Figures of a run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Figures {
-    /// Steps applied.
-    pub steps: u64,
-    /// Messages accepted by `send`.
-    pub sent: u64,
-    /// Requests made.
-    pub requests: u64,
-    /// Connections made.
-    pub connects: u64,
-    /// Messages the server's application handled.
-    pub delivered: u64,
-    /// Failures (`Closed`, `ConnectionLost`) the session sent to a
-    /// request after its deadline: its caller had given up, so they
-    /// reach nobody.
-    pub late_failures: u64,
-    /// Answers the session gave in time while the driver said goodbye,
-    /// which the driver hands out only after it (so past their caller's
-    /// deadline, when the goodbye outlasts it).
-    pub delayed_by_goodbye: u64,
-    /// Requests that timed out though their own reply came in time (a
-    /// ghost took it).
-    pub robbed: u64,
+    /// The dispatcher runs up to this many queued events (subscribers
+    /// catch up).
+    Handle(u8),
+    /// The process is frozen this long (ms): time jumps and no timer fires;
+    /// then the driver finds it woke late.
+    Freeze(u16),
+    /// The process dies; a new one starts on the same journal this much
+    /// later (ms). Only with `durable`.
+    Restart(u16),
 }
 
 /// The simulation: see the module docs.
@@ -233,6 +242,24 @@ pub struct Sim {
     figures: Figures,
     /// Trace of what happened, for a failure's report.
     log: VecDeque<String>,
+    /// The process: 0 at first, one more at each restart.
+    epoch: u32,
+    /// Durable: the journal and where it lives.
+    disk: Option<Disk>,
+    /// The highest acknowledgement a process that died knew.
+    acked_before: u64,
+    /// Callers waiting for room in the outbox.
+    blocked: VecDeque<Blocked>,
+    /// Events the dispatcher holds.
+    dispatch_depth: usize,
+    /// The driver stopped reading: the dispatcher is full.
+    paused: bool,
+    /// Bytes read past a full dispatcher for a waiting request's sake.
+    reserve_used: usize,
+    /// Since when the client may have heard nothing from its peer: the
+    /// connection, the last frame read, reading resumed, a freeze noticed,
+    /// `reconnect_now`.
+    quiet_from: Instant,
 }
 
 impl fmt::Debug for Sim {
@@ -246,6 +273,10 @@ impl fmt::Debug for Sim {
 }
 
 const LOG_KEEP: usize = 60;
+/// The heartbeat, scaled down: a probe after a second of silence, the
+/// peer dead if nothing answers it within half a second.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A step's milliseconds; `u16::MAX` stands for `Duration::MAX` (no limit).
 fn ms_or_max(ms: u16) -> Duration {
@@ -256,57 +287,60 @@ fn ms_or_max(ms: u16) -> Duration {
     }
 }
 
+/// The session's rules for a setup (scaled down: a second of heartbeat).
+fn rules(cfg: &SimConfig) -> Rules {
+    let ms = Duration::from_millis;
+    Rules {
+        heartbeat_interval: HEARTBEAT_INTERVAL,
+        heartbeat_timeout: HEARTBEAT_TIMEOUT,
+        app_heartbeat: cfg.app_heartbeat.then(|| {
+            (
+                Utf8Bytes::from_static(r#"{"Operator":"Heart"}"#),
+                "HeartOK".into(),
+            )
+        }),
+        app_heartbeat_dispatch: false,
+        backoff: BackoffPolicy {
+            min: ms(100),
+            max: ms(2000),
+            healthy_after: ms(1000),
+            max_attempts: cfg.max_attempts,
+        },
+        retry_rejections: false,
+        connect_timeout: if cfg.unlimited {
+            Duration::MAX
+        } else {
+            ms(1000)
+        },
+        login_timeout: if cfg.unlimited {
+            Duration::MAX
+        } else {
+            ms(1500)
+        },
+        on_open: cfg.on_open,
+        overflow: cfg.overflow,
+        operator_field: "Operator".into(),
+        error_suffix: "Error".into(),
+        correlation_field: cfg.by_id.then(|| "reqId".into()),
+        acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
+        durable: cfg.durable,
+        track_cap: cfg.track_cap,
+    }
+}
+
 impl Sim {
     /// A link that starts now (the only read of the real clock).
-    pub fn new(cfg: SimConfig) -> Sim {
+    pub fn new(mut cfg: SimConfig) -> Sim {
+        cfg.at_least_once |= cfg.durable;
         // The session's backoff jitter comes from the thread's generator.
         fastrand::seed(cfg.seed);
         let rng = fastrand::Rng::with_seed(cfg.seed);
-        let ms = Duration::from_millis;
-        let rules = Rules {
-            heartbeat_interval: ms(1000),
-            heartbeat_timeout: ms(500),
-            app_heartbeat: cfg.app_heartbeat.then(|| {
-                (
-                    Utf8Bytes::from_static(r#"{"Operator":"Heart"}"#),
-                    "HeartOK".into(),
-                )
-            }),
-            app_heartbeat_dispatch: false,
-            backoff: BackoffPolicy {
-                min: ms(100),
-                max: ms(2000),
-                healthy_after: ms(1000),
-                max_attempts: cfg.max_attempts,
-            },
-            retry_rejections: false,
-            connect_timeout: if cfg.unlimited {
-                Duration::MAX
-            } else {
-                ms(1000)
-            },
-            login_timeout: if cfg.unlimited {
-                Duration::MAX
-            } else {
-                ms(1500)
-            },
-            on_open: cfg.on_open,
-            overflow: if cfg.drop_oldest {
-                Overflow::DropOldest
-            } else {
-                Overflow::Reject
-            },
-            operator_field: "Operator".into(),
-            error_suffix: "Error".into(),
-            correlation_field: cfg.by_id.then(|| "reqId".into()),
-            acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
-            durable: false,
-            track_cap: cfg.track_cap,
-        };
         let budget = Arc::new(Budget::new(cfg.capacity, cfg.max_bytes));
         let counters = Arc::new(Counters::default());
-        let session = Session::new(rules, budget.clone(), counters.clone(), Vec::new());
-        let run = cfg.seed % (1 << 53);
+        let session = Session::new(rules(&cfg), budget.clone(), counters.clone(), Vec::new());
+        // Durable: the journal's run, and its ids; else a run of the seed's.
+        let disk = cfg.durable.then(Disk::create);
+        let run = disk.as_ref().map_or(cfg.seed % (1 << 53), Disk::run);
         let t0 = Instant::now();
         let mut sim = Sim {
             rng,
@@ -343,6 +377,14 @@ impl Sim {
             finished: false,
             figures: Figures::default(),
             log: VecDeque::new(),
+            epoch: 0,
+            disk,
+            acked_before: 0,
+            blocked: VecDeque::new(),
+            dispatch_depth: 0,
+            paused: false,
+            reserve_used: 0,
+            quiet_from: t0,
             cfg,
         };
         // The driver's first turn starts the first attempt.
@@ -387,11 +429,15 @@ impl Sim {
         );
     }
 
+    /// The overflow policy drops the oldest.
+    pub(super) fn drop_oldest(&self) -> bool {
+        self.cfg.overflow == Overflow::DropOldest
+    }
+
     pub(super) fn latency(&mut self) -> Duration {
         Duration::from_millis(self.rng.u64(1..=20))
     }
 
-    /// Apply one step, then run a driver turn and check every invariant.
     /// Apply one step, then run a driver turn and check every invariant.
     pub fn step(&mut self, step: &Step) {
         if self.finished {
@@ -399,6 +445,8 @@ impl Sim {
         }
         self.figures.steps += 1;
         self.note(|| format!("step {step:?}"));
+        // Callers blocked for room were woken when it freed.
+        self.unblock();
         match step {
             Step::Send {
                 ttl_ms,
@@ -418,13 +466,20 @@ impl Sim {
             Step::ConnectFail => self.connect_failed(false),
             Step::ConnectRejected => self.connect_failed(true),
             Step::Hook(v) => self.hook_verdict(*v),
-            Step::Push => self.push(),
+            Step::Push(n) => self.push(*n),
             Step::Reset => self.reset_conn(),
             Step::BlackHole => self.black_hole(),
             Step::PeerClose => self.peer_close(),
             Step::NoPong => self.no_pong(),
-            Step::ReconnectNow => self.cmds.push_back(Command::ReconnectNow),
+            Step::ReconnectNow => {
+                // On a live connection, it asks the peer now.
+                self.quiet_from = self.now;
+                self.cmds.push_back(Command::ReconnectNow);
+            }
             Step::Close(ms) => self.close(*ms),
+            Step::Handle(n) => self.handle_events(*n),
+            Step::Freeze(ms) => self.freeze(*ms),
+            Step::Restart(ms) => self.restart(*ms),
         }
         self.turn();
         if std::mem::take(&mut self.fatal_due) && !self.ended {

@@ -39,12 +39,14 @@ impl Sim {
         self.server_turn(self.now);
     }
 
-    /// To the next deadline or arrival (at most a few seconds on).
+    /// To the next deadline or arrival (at most a few seconds on). A frame
+    /// that arrived and waits unread (reading pauses) wakes nobody.
     pub(super) fn sleep(&mut self) {
+        let now = self.now;
         let next = [
             self.session.poll_timeout(),
             self.up.front().map(|f| f.at),
-            self.down.front().map(|f| f.at),
+            self.down.iter().map(|f| f.at).find(|at| *at > now),
         ]
         .into_iter()
         .flatten()

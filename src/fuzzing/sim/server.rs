@@ -28,6 +28,10 @@ pub(super) struct Server {
     /// Messages (their `k`) its application handled, first copies only.
     pub(super) app: Vec<u64>,
     pub(super) duplicates: u64,
+    /// The last message with an id its application handled.
+    pub(super) last_stamped: u64,
+    /// Acknowledges every message at once (the network is perfect too).
+    pub(super) steady: bool,
 }
 
 impl Sim {
@@ -76,13 +80,24 @@ impl Sim {
                 Some(id) => {
                     let run = v.get("msgRun").and_then(Value::as_u64);
                     if run != self.server.run || id > self.server.highest {
+                        // Across reconnects and restarts, in the order accepted.
+                        let last = self.server.last_stamped;
+                        if last >= k {
+                            self.fail(format!("the server's application got k{k} after k{last}"));
+                        }
+                        self.server.last_stamped = k;
                         self.server.run = run;
                         self.server.highest = id;
                         self.server.app.push(k);
                     } else {
                         self.server.duplicates += 1;
                     }
-                    match self.rng.u8(..100) {
+                    let roll = if self.server.steady {
+                        0
+                    } else {
+                        self.rng.u8(..100)
+                    };
+                    match roll {
                         0..70 => self.ack(at, conn),
                         70..85 => self.server.ack_owed = true,
                         _ => {}
@@ -136,12 +151,14 @@ impl Sim {
         self.server_send(at, conn, json!({"Operator": "Ack", "msgId": n}));
     }
 
-    /// The server pushes a message.
-    pub(super) fn push(&mut self) {
+    /// The server pushes `n` messages.
+    pub(super) fn push(&mut self, n: u8) {
         if let Some(c) = self.server.conn.as_ref().filter(|c| !c.closing) {
             let id = c.id;
-            let at = self.now + self.latency();
-            self.server_send(at, id, json!({"Operator": "News"}));
+            for _ in 0..n {
+                let at = self.now + self.latency();
+                self.server_send(at, id, json!({"Operator": "News"}));
+            }
         }
     }
 
