@@ -136,6 +136,16 @@ impl Sim {
             ));
         }
         for m in &self.msgs {
+            // A stamped message given up is dropped from the journal too,
+            // or the next process would send it.
+            let given_up = matches!(
+                m.statuses.last(),
+                Some(Status::Expired | Status::Failed(Failure::Dropped | Failure::TooLarge))
+            );
+            if given_up && m.id.is_some() && !m.journal_dropped {
+                let (k, last) = (m.k, m.statuses.last());
+                self.fail(format!("k{k} turned {last:?}, and stays in the journal"));
+            }
             if self.cfg.at_least_once && m.id.is_some() {
                 continue;
             }
