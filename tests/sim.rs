@@ -160,8 +160,8 @@ impl ReferenceStateMachine for Link {
                 .prop_map(|(request, stale)| Step::HookSend { request, stale }),
             2 => Just(Step::ReconnectNow),
             1 => (0..3000u16).prop_map(Step::Close),
-            3 => (1..4u8).prop_map(Step::Handle),
-            1 => (0..20_000u16).prop_map(Step::Freeze),
+            2 => (1..4u8).prop_map(Step::Handle),
+            2 => (0..20_000u16).prop_map(Step::Freeze),
             2 => prop_oneof![3 => 0..3000u16, 1 => Just(60_000)].prop_map(Step::Restart),
         ]
         .boxed()

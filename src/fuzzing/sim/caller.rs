@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use serde_json::{Value, json};
 
+use super::Sim;
 use super::model::{Msg, Req};
-use super::{Sim, ms_or_max};
 use crate::command::{Command, Item, ReplyTo, Waiter};
 use crate::delivery::ReceiptCell;
 use crate::pending::Key;
@@ -32,6 +32,15 @@ pub(super) enum Submit {
         idempotent: bool,
         at: Instant,
     },
+}
+
+/// A step's milliseconds; `u16::MAX` stands for `Duration::MAX` (no limit).
+fn ms_or_max(ms: u16) -> Duration {
+    if ms == u16::MAX {
+        Duration::MAX
+    } else {
+        Duration::from_millis(u64::from(ms))
+    }
 }
 
 impl fmt::Debug for Submit {

@@ -403,6 +403,8 @@ impl Sim {
             self.failed_in_a_row = 0;
             self.sock = Some(id);
             self.quiet_from = self.now;
+            self.reading_since = self.now;
+            self.connected_at = self.now;
             self.server.conn = Some(ServerConn {
                 id,
                 closing: false,

@@ -260,6 +260,10 @@ pub struct Sim {
     /// connection, the last frame read, reading resumed, a freeze noticed,
     /// `reconnect_now`.
     quiet_from: Instant,
+    /// Since when the driver reads this connection without a pause.
+    reading_since: Instant,
+    /// When the connection the driver holds was made.
+    connected_at: Instant,
 }
 
 impl fmt::Debug for Sim {
@@ -278,12 +282,12 @@ const LOG_KEEP: usize = 60;
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A step's milliseconds; `u16::MAX` stands for `Duration::MAX` (no limit).
-fn ms_or_max(ms: u16) -> Duration {
-    if ms == u16::MAX {
+/// How long the `on_open` step may take.
+fn login_timeout(cfg: &SimConfig) -> Duration {
+    if cfg.unlimited {
         Duration::MAX
     } else {
-        Duration::from_millis(u64::from(ms))
+        Duration::from_millis(1500)
     }
 }
 
@@ -312,11 +316,7 @@ fn rules(cfg: &SimConfig) -> Rules {
         } else {
             ms(1000)
         },
-        login_timeout: if cfg.unlimited {
-            Duration::MAX
-        } else {
-            ms(1500)
-        },
+        login_timeout: login_timeout(cfg),
         on_open: cfg.on_open,
         overflow: cfg.overflow,
         operator_field: "Operator".into(),
@@ -385,6 +385,8 @@ impl Sim {
             paused: false,
             reserve_used: 0,
             quiet_from: t0,
+            reading_since: t0,
+            connected_at: t0,
             cfg,
         };
         // The driver's first turn starts the first attempt.

@@ -4,18 +4,21 @@
 //! process frozen for a while (the driver wakes late and says so, as
 //! `Io::park` does), and the check of every dead-peer verdict.
 //!
-//! The model: a dead-peer verdict rests on silence the client could have
+//! The model: a verdict on the peer rests on what the client could have
 //! heard. While the driver does not read, the session hears nothing and
 //! must conclude nothing; after reading resumes, after a freeze is noticed,
 //! after `reconnect_now` on a live link, the silence starts over. So at a
-//! verdict the driver is reading, and for at least the heartbeat timeout
-//! it has read nothing (the probe that went unanswered was sent then).
+//! dead-peer verdict the driver is reading, and for at least the heartbeat
+//! timeout it has read nothing (the probe that went unanswered was sent
+//! then); at a deaf-peer one (a ping unanswered while confirmations are at
+//! their bound) it has been reading for an interval and a timeout at least.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{HEARTBEAT_TIMEOUT, Sim};
+use super::{HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, Sim, login_timeout};
 use crate::InvalidFrame;
+use crate::LinkState;
 use crate::command::Event;
 
 /// Waking this much later than planned means the process was frozen
@@ -73,6 +76,7 @@ impl Sim {
             self.note(|| "reading resumes".into());
             self.paused = false;
             self.quiet_from = self.now;
+            self.reading_since = self.now;
             self.session.handle_reading(self.now, true);
         }
     }
@@ -111,27 +115,52 @@ impl Sim {
         }
     }
 
-    /// Let the session judge time, and check any dead-peer verdict it
-    /// reaches (a miss is counted as the connection is buried).
+    /// Let the session judge time, and check any verdict on the peer it
+    /// reaches: dead (its probe went unanswered: a miss is counted as the
+    /// connection is buried), or deaf to pings (with confirmations at
+    /// their bound, the oldest ping went unanswered: the connection goes
+    /// with no miss counted, and not for the `on_open` step's deadline).
     pub(super) fn judge_time(&mut self) {
+        let now = self.now;
         let misses = &self.counters.heartbeat_misses;
         let before = misses.load(Ordering::Relaxed);
-        let (paused, quiet_from) = (self.paused, self.quiet_from);
-        self.session.handle_timeout(self.now);
-        if self.counters.heartbeat_misses.load(Ordering::Relaxed) == before {
+        let conn = self.session.conn_id();
+        let (paused, quiet_from, reading_since) =
+            (self.paused, self.quiet_from, self.reading_since);
+        let login_over = self.state == Some(LinkState::LoggingIn)
+            && now >= crate::time::after(self.connected_at, login_timeout(&self.cfg));
+        self.session.handle_timeout(now);
+        let dead = self.counters.heartbeat_misses.load(Ordering::Relaxed) > before;
+        let deaf = !dead && !login_over && conn.is_some() && self.session.conn_id() != conn;
+        if !(dead || deaf) {
             return;
         }
         self.figures.verdicts += 1;
-        let silent = self.now.saturating_duration_since(quiet_from);
-        let timeout = HEARTBEAT_TIMEOUT;
         if paused {
-            self.fail("a dead-peer verdict while the driver was not reading".into());
+            self.fail("a verdict on the peer while the driver was not reading".into());
         }
-        if silent < timeout {
+        // Silence after a probe; or a ping unanswered for an interval and
+        // a timeout of reading (a freeze does not restart that wait: the
+        // pong of a live peer arrives meanwhile and is read first).
+        let (since, needed, what) = if dead {
+            (
+                quiet_from,
+                HEARTBEAT_TIMEOUT,
+                "silence the client could hear (since it last read a frame, resumed reading, \
+                 woke from a freeze or was asked to reconnect now)",
+            )
+        } else {
+            (
+                reading_since,
+                HEARTBEAT_INTERVAL + HEARTBEAT_TIMEOUT,
+                "reading (since it connected or resumed reading) with a ping unanswered",
+            )
+        };
+        let waited = now.saturating_duration_since(since);
+        if waited < needed {
+            let verdict = if dead { "dead-peer" } else { "deaf-peer" };
             self.fail(format!(
-                "a dead-peer verdict after only {silent:?} of silence the client could hear \
-                 (since it last read a frame, resumed reading, woke from a freeze or was \
-                 asked to reconnect now); the heartbeat timeout is {timeout:?}"
+                "a {verdict} verdict after only {waited:?} of {what}; it takes {needed:?}"
             ));
         }
     }

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -317,17 +317,30 @@ impl Sim {
                 && item.expires == kept
                 && item.written == kept.is_none();
             if !same {
+                let ms = |t: Option<Instant>| t.map(|t| (t - t0).as_millis());
                 self.fail(format!(
-                    "k{k} (id {id:?}, expires {kept:?}) recovered as {} (id {:?}, expires {:?}, \
-                     written {})",
-                    item.text, item.id, item.expires, item.written
+                    "k{k} (id {id:?}, expires at {:?} ms, written {}) recovered as {} \
+                     (id {:?}, expires at {:?} ms, written {})",
+                    ms(kept),
+                    kept.is_none(),
+                    item.text,
+                    item.id,
+                    ms(item.expires),
+                    item.written
                 ));
             }
             self.msgs[i].recovered = Some(item.written);
         }
         if let Some(item) = items.next() {
+            let m = self.msgs.iter().find(|m| m.id.is_some() && m.id == item.id);
+            let why = match m {
+                Some(m) if m.expired_at_start => "ran out of time while no process ran",
+                Some(m) if m.journal_dropped => "was given up",
+                Some(_) => "was acknowledged",
+                None => "was never accepted",
+            };
             self.fail(format!(
-                "recovered {} (id {:?}), which was acknowledged or given up",
+                "recovered {} (id {:?}), which {why}",
                 item.text, item.id
             ));
         }
