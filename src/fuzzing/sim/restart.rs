@@ -216,6 +216,7 @@ impl Sim {
         self.paused = false;
         self.reserve_used = 0;
         self.quiet_from = self.now;
+        self.reading_since = self.now;
         self.start_on_journal(&live);
     }
 
@@ -242,9 +243,9 @@ impl Sim {
         // Ids continue after the journal's last one: the server would take
         // a reused one for a duplicate.
         if j.next_id() < self.next_id {
-            let (next, was) = (j.next_id(), self.next_id);
+            let (next, last) = (j.next_id(), self.next_id - 1);
             self.fail(format!(
-                "the journal gives id {next} next, though {was} were used"
+                "the journal gives id {next} next, though id {last} was taken"
             ));
         }
         self.next_id = j.next_id();
