@@ -276,7 +276,7 @@ fn the_real_session_keeps_every_invariant_under_simulated_faults() {
          {} messages delivered, {} answers held back by the goodbye, \
          {} requests robbed by a ghost; {} restarts recovered {} messages \
          ({} more expired meanwhile); {} callers blocked for room, {} frames too large, \
-         {} read pauses, {} freezes noticed, {} dead-peer verdicts checked",
+         {} read pauses, {} freezes noticed, {} verdicts on the peer checked",
         config().cases,
         steps as f64 / took.as_secs_f64(),
         get(&CONNECTS),
