@@ -327,17 +327,32 @@ pub fn cores(data: &[u8]) {
 /// and [`sim::Sim`] drives the session exactly as the I/O thread does
 /// against a simulated server, network and clock, checking every step
 /// against its reference model (order, at-least-once, receipts, requests,
-/// counters, the outbox bound); the run ends with `close`, checked in full.
+/// counters, the outbox bound); the run ends with `close`, checked in full
+/// (and, durable, with a new process that empties the journal).
 pub fn session(data: &[u8]) {
     use sim::{HookVerdict, Sim, SimConfig, Step};
     let mut input = Input { data, at: 0 };
     let flags = input.u8();
+    let more = input.u8();
     let cfg = SimConfig {
         seed: u64::from(input.u16()) << 16 | u64::from(input.u16()),
         at_least_once: flags & 1 != 0,
         by_id: flags & 2 != 0,
         on_open: flags & 4 != 0,
-        drop_oldest: flags & 8 != 0,
+        durable: more & 1 != 0,
+        overflow: match (flags & 8 != 0, more & 2 != 0) {
+            (true, _) => crate::Overflow::DropOldest,
+            (false, true) => {
+                crate::Overflow::Block(Duration::from_millis(u64::from(input.u16() % 3000)))
+            }
+            (false, false) => crate::Overflow::Reject,
+        },
+        write_limit: if more & 4 != 0 {
+            usize::from(input.u16() % 512) + 32
+        } else {
+            usize::MAX
+        },
+        dispatch_capacity: (more & 8 != 0).then(|| usize::from(input.u8() % 6) + 1),
         app_heartbeat: flags & 16 != 0,
         capacity: usize::from(input.u8() % 16) + 1,
         max_bytes: usize::from(input.u16() % 4096) + 64,
@@ -351,7 +366,7 @@ pub fn session(data: &[u8]) {
     };
     let mut sim = Sim::new(cfg);
     while !input.done() {
-        let step = match input.u8() % 20 {
+        let step = match input.u8() % 22 {
             0..=3 => Step::Send {
                 ttl_ms: input.u8().is_multiple_of(4).then(|| input.u16() % 2000),
                 volatile: input.u8().is_multiple_of(8),
@@ -377,9 +392,14 @@ pub fn session(data: &[u8]) {
                 _ => Step::ReconnectNow,
             },
             14 | 15 => Step::Hook(HookVerdict::Ok),
-            16 => Step::Push,
+            16 => Step::Push(input.u8() % 4 + 1),
             17 => Step::Reset,
             18 => Step::Close(input.u16() % 3000),
+            19 => Step::Handle(input.u8() % 4 + 1),
+            20 => match input.u8() % 2 {
+                0 => Step::Freeze(input.u16() % 30_000),
+                _ => Step::Restart(input.u16() % 5000),
+            },
             _ => Step::Sleep,
         };
         sim.step(&step);
@@ -392,4 +412,5 @@ pub fn session(data: &[u8]) {
         sim.step(&Step::Sleep);
     }
     assert!(sim.finished(), "close did not finish");
+    sim.drain_journal();
 }

@@ -2,7 +2,7 @@
 //! stamped into a message, and what a durable journal hands back at start.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::command::Item;
 use crate::config::Config;
@@ -44,43 +44,15 @@ pub(crate) fn start(cfg: &Config) -> Result<Start, Error> {
                         source,
                         message: None,
                     })?;
-                let (wall, now) = (std::time::SystemTime::now(), Instant::now());
-                let run_key = format!(
-                    "{}:",
-                    serde_json::to_string(&cfg.msg_run_field).unwrap_or_default()
+                let (wall, now) = (SystemTime::now(), Instant::now());
+                let r = recover(
+                    &mut j,
+                    replay.messages,
+                    (wall, now),
+                    &cfg.rules.operator_field,
+                    &cfg.msg_run_field,
                 );
-                for (id, text, deadline) in replay.messages {
-                    let left = match deadline.map(|d| d.duration_since(wall)) {
-                        // Its time to live ran out while no process ran:
-                        // never sent late.
-                        Some(Err(_)) => {
-                            j.drop_id(id);
-                            expired += 1;
-                            continue;
-                        }
-                        Some(Ok(left)) => Some(left),
-                        None => None,
-                    };
-                    // Written by a version without runs: it joins the
-                    // journal's run (a check at start only, never per send).
-                    let text = match crate::message::decode(&text, &cfg.rules.operator_field) {
-                        Ok(m) if m.get(&cfg.msg_run_field).is_none() => {
-                            stamp_text(&text, &run_key, j.run())
-                        }
-                        _ => text,
-                    };
-                    if let Ok(m) = crate::message::decode(&text, &cfg.rules.operator_field) {
-                        recovered.push(m);
-                    }
-                    let mut item = Item::new(text);
-                    item.id = Some(id);
-                    // Whether the last process wrote it is unknown. One
-                    // with a time to live keeps the time left (as if not
-                    // written: it is not sent once that runs out).
-                    item.expires = left.and_then(|l| now.checked_add(l));
-                    item.written = left.is_none();
-                    initial.push(item);
-                }
+                (initial, recovered, expired) = (r.items, r.messages, r.expired);
                 if expired > 0 {
                     log::info!(
                         "longlink: {expired} messages in the journal expired while no client ran"
@@ -128,10 +100,79 @@ pub(crate) fn start(cfg: &Config) -> Result<Start, Error> {
     })
 }
 
+/// What a journal's replay gives a new client.
+pub(crate) struct Recovered {
+    /// To be sent first, in id order.
+    pub(crate) items: Vec<Item>,
+    /// The same, as the application sees them.
+    pub(crate) messages: Vec<Message>,
+    /// Whose time to live ran out while no process ran (dropped from the journal).
+    pub(crate) expired: u64,
+}
+
+/// Turn what the journal replayed into messages to send first, as of the
+/// moment `(wall, now)`: the wall clock, which the journal's deadlines are
+/// kept in, and the monotonic one, which the session's are. Split from
+/// [`start`] so that the simulator runs this same code on its simulated
+/// clocks.
+pub(crate) fn recover(
+    j: &mut Journal,
+    messages: Vec<(u64, String, Option<SystemTime>)>,
+    (wall, now): (SystemTime, Instant),
+    operator_field: &str,
+    msg_run_field: &str,
+) -> Recovered {
+    let mut r = Recovered {
+        items: Vec::new(),
+        messages: Vec::new(),
+        expired: 0,
+    };
+    let run_key = format!(
+        "{}:",
+        serde_json::to_string(msg_run_field).unwrap_or_default()
+    );
+    for (id, text, deadline) in messages {
+        let left = match deadline.map(|d| d.duration_since(wall)) {
+            // Its time to live ran out while no process ran:
+            // never sent late.
+            Some(Err(_)) => {
+                j.drop_id(id);
+                r.expired += 1;
+                continue;
+            }
+            Some(Ok(left)) => Some(left),
+            None => None,
+        };
+        // Written by a version without runs: it joins the
+        // journal's run (a check at start only, never per send).
+        let text = match crate::message::decode(&text, operator_field) {
+            Ok(m) if m.get(msg_run_field).is_none() => stamp_text(&text, &run_key, j.run()),
+            _ => text,
+        };
+        if let Ok(m) = crate::message::decode(&text, operator_field) {
+            r.messages.push(m);
+        }
+        let mut item = Item::new(text);
+        item.id = Some(id);
+        // Whether the last process wrote it is unknown. One
+        // with a time to live keeps the time left (as if not
+        // written: it is not sent once that runs out).
+        item.expires = left.and_then(|l| now.checked_add(l));
+        item.written = left.is_none();
+        r.items.push(item);
+    }
+    r
+}
+
 /// The wall-clock time at which `item`'s time to live ends, for the journal.
-pub(crate) fn wall_deadline(item: &Item) -> Option<std::time::SystemTime> {
-    let left = item.expires?.saturating_duration_since(Instant::now());
-    std::time::SystemTime::now().checked_add(left)
+pub(crate) fn wall_deadline(item: &Item) -> Option<SystemTime> {
+    wall_deadline_at(item, Instant::now(), SystemTime::now())
+}
+
+/// [`wall_deadline`] as of `now` (`wall`: the same moment by the wall clock).
+pub(crate) fn wall_deadline_at(item: &Item, now: Instant, wall: SystemTime) -> Option<SystemTime> {
+    let left = item.expires?.saturating_duration_since(now);
+    wall.checked_add(left)
 }
 
 /// `{"msgRun":R,"msgId":7,` + the rest of the encoded object (which starts

@@ -2,9 +2,12 @@
 //! sans-IO `Session` exactly as the I/O thread does, against a simulated
 //! clock, network and deduplicating server, and checks every step against
 //! a small reference model (order, at-least-once, receipts, requests,
-//! counters, the outbox bound). proptest-state-machine generates the steps
-//! (sends with every option, requests, faults, time, hooks, close), shrinks
-//! a failure to a minimal trace and prints it; the failing case's seed is
+//! counters, the outbox and dispatcher bounds, dead-peer verdicts, what a
+//! durable journal keeps across a process restart). proptest-state-machine
+//! generates the setup (delivery mode, overflow policy, write buffer,
+//! subscribers…) and the steps (sends with every option, requests, faults,
+//! time, freezes, lagging subscribers, hooks, restarts, close), shrinks a
+//! failure to a minimal trace and prints it; the failing case's seed is
 //! saved under `proptest-regressions/` and replayed first on the next run.
 //!
 //! Bounded on `cargo test --all-features` (a few seconds). Long run:
@@ -17,9 +20,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use std::time::Duration;
+
+use longlink::Overflow;
 use longlink::fuzzing::sim::{HookVerdict, Sim, SimConfig, Step};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 
 /// Cases when `PROPTEST_CASES` is not set: a few seconds in debug.
@@ -32,6 +38,14 @@ static DELIVERED: AtomicU64 = AtomicU64::new(0);
 static CONNECTS: AtomicU64 = AtomicU64::new(0);
 static DELAYED: AtomicU64 = AtomicU64::new(0);
 static ROBBED: AtomicU64 = AtomicU64::new(0);
+static RESTARTS: AtomicU64 = AtomicU64::new(0);
+static RECOVERED: AtomicU64 = AtomicU64::new(0);
+static EXPIRED_AT_START: AtomicU64 = AtomicU64::new(0);
+static BLOCKED: AtomicU64 = AtomicU64::new(0);
+static TOO_LARGE: AtomicU64 = AtomicU64::new(0);
+static PAUSES: AtomicU64 = AtomicU64::new(0);
+static RESUMES: AtomicU64 = AtomicU64::new(0);
+static VERDICTS: AtomicU64 = AtomicU64::new(0);
 /// Steps and cases applied so far, and at the first failure (0: none yet).
 static APPLIED: AtomicU64 = AtomicU64::new(0);
 static CASES_RUN: AtomicU64 = AtomicU64::new(0);
@@ -58,29 +72,47 @@ impl ReferenceStateMachine for Link {
     type Transition = Step;
 
     fn init_state() -> BoxedStrategy<Setup> {
+        let overflow = prop_oneof![
+            2 => Just(Overflow::Reject),
+            2 => Just(Overflow::DropOldest),
+            1 => (0..3000u64).prop_map(|ms| Overflow::Block(Duration::from_millis(ms))),
+        ];
+        let driver = (
+            prop::bool::weighted(0.3),
+            prop_oneof![2 => 64..400usize, 3 => Just(usize::MAX)],
+            prop::option::weighted(0.5, 1..4usize),
+        );
         (
             any::<u64>(),
-            any::<[bool; 6]>(),
+            any::<[bool; 5]>(),
             1..8usize,
             64..1024usize,
             prop::option::weighted(0.2, 1..6u32),
             prop_oneof![1..8usize, Just(1 << 16)],
+            overflow,
+            driver,
         )
             .prop_map(
-                |(seed, b, capacity, max_bytes, max_attempts, track_cap)| Setup {
-                    cfg: SimConfig {
-                        seed,
-                        at_least_once: b[0],
-                        by_id: b[1],
-                        on_open: b[2],
-                        drop_oldest: b[3],
-                        app_heartbeat: b[4],
-                        unlimited: b[5],
-                        capacity,
-                        max_bytes,
-                        max_attempts,
-                        track_cap,
-                    },
+                |(seed, b, capacity, max_bytes, max_attempts, track_cap, overflow, driver)| {
+                    let (durable, write_limit, dispatch_capacity) = driver;
+                    Setup {
+                        cfg: SimConfig {
+                            seed,
+                            at_least_once: b[0],
+                            by_id: b[1],
+                            on_open: b[2],
+                            app_heartbeat: b[3],
+                            unlimited: b[4],
+                            durable,
+                            overflow,
+                            capacity,
+                            max_bytes,
+                            max_attempts,
+                            track_cap,
+                            write_limit,
+                            dispatch_capacity,
+                        },
+                    }
                 },
             )
             .boxed()
@@ -119,7 +151,7 @@ impl ReferenceStateMachine for Link {
             6 => Just(Step::Hook(HookVerdict::Ok)),
             1 => Just(Step::Hook(HookVerdict::Err)),
             1 => Just(Step::Hook(HookVerdict::Fatal)),
-            3 => Just(Step::Push),
+            3 => (1..5u8).prop_map(Step::Push),
             2 => Just(Step::Reset),
             1 => Just(Step::BlackHole),
             1 => Just(Step::PeerClose),
@@ -128,6 +160,9 @@ impl ReferenceStateMachine for Link {
                 .prop_map(|(request, stale)| Step::HookSend { request, stale }),
             2 => Just(Step::ReconnectNow),
             1 => (0..3000u16).prop_map(Step::Close),
+            2 => (1..4u8).prop_map(Step::Handle),
+            2 => (0..20_000u16).prop_map(Step::Freeze),
+            2 => prop_oneof![3 => 0..3000u16, 1 => Just(60_000)].prop_map(Step::Restart),
         ]
         .boxed()
     }
@@ -155,7 +190,8 @@ impl StateMachineTest for Simulated {
         sim
     }
 
-    /// Every case ends with `close`, whose outcome is checked in full.
+    /// Every case ends with `close`, whose outcome is checked in full;
+    /// a durable one then starts again on its journal until it is empty.
     fn teardown(mut sim: Sim, _: Setup) {
         sim.step(&Step::Close(2000));
         for _ in 0..100 {
@@ -165,18 +201,31 @@ impl StateMachineTest for Simulated {
             sim.step(&Step::Sleep);
         }
         assert!(sim.finished(), "close did not finish: {sim:?}");
+        sim.drain_journal();
         let f = sim.figures();
-        STEPS_RUN.fetch_add(f.steps, Ordering::Relaxed);
-        DELIVERED.fetch_add(f.delivered, Ordering::Relaxed);
-        CONNECTS.fetch_add(f.connects, Ordering::Relaxed);
-        DELAYED.fetch_add(f.delayed_by_goodbye, Ordering::Relaxed);
-        ROBBED.fetch_add(f.robbed, Ordering::Relaxed);
+        let add = |a: &AtomicU64, n: u64| a.fetch_add(n, Ordering::Relaxed);
+        add(&STEPS_RUN, f.steps);
+        add(&DELIVERED, f.delivered);
+        add(&CONNECTS, f.connects);
+        add(&DELAYED, f.delayed_by_goodbye);
+        add(&ROBBED, f.robbed);
+        add(&RESTARTS, f.restarts);
+        add(&RECOVERED, f.recovered);
+        add(&EXPIRED_AT_START, f.expired_at_start);
+        add(&BLOCKED, f.blocked);
+        add(&TOO_LARGE, f.too_large);
+        add(&PAUSES, f.pauses);
+        add(&RESUMES, f.resumes);
+        add(&VERDICTS, f.verdicts);
     }
 }
 
 fn config() -> Config {
     let mut c = Config {
         source_file: Some(file!()),
+        // Generating the steps took most of the time with ChaCha in a
+        // debug build; a case replays from its saved seed either way.
+        rng_algorithm: RngAlgorithm::XorShift,
         ..Config::default()
     };
     if std::env::var_os("PROPTEST_CASES").is_none() {
@@ -225,12 +274,22 @@ fn the_real_session_keeps_every_invariant_under_simulated_faults() {
     eprintln!(
         "sim: {} cases, {steps} steps in {took:.2?} ({:.0} steps/s); {} connections, \
          {} messages delivered, {} answers held back by the goodbye, \
-         {} requests robbed by a ghost",
+         {} requests robbed by a ghost; {} restarts recovered {} messages \
+         ({} more expired meanwhile); {} callers blocked for room, {} frames too large, \
+         {} read pauses, {} freezes noticed, {} verdicts on the peer checked",
         config().cases,
         steps as f64 / took.as_secs_f64(),
         get(&CONNECTS),
         get(&DELIVERED),
         get(&DELAYED),
         get(&ROBBED),
+        get(&RESTARTS),
+        get(&RECOVERED),
+        get(&EXPIRED_AT_START),
+        get(&BLOCKED),
+        get(&TOO_LARGE),
+        get(&PAUSES),
+        get(&RESUMES),
+        get(&VERDICTS),
     );
 }

@@ -1,6 +1,6 @@
 //! The invariants: each caller's answer, the robbed rule, receipts
-//! counted before they turn final, the outbox and tracking bounds after
-//! every step, and every outcome once `close` has finished.
+//! counted before they turn final, the outbox, tracking and dispatcher
+//! bounds after every step, and every outcome once `close` has finished.
 
 use serde_json::Value;
 
@@ -80,8 +80,10 @@ impl Sim {
             Err(Error::Closed { .. }) => self.closing || self.ended,
             // Dropped to make room: never written, or queued again.
             Err(Error::OutboxFull { .. }) => {
-                self.cfg.drop_oldest && (r.written == 0 || r.idempotent) && r.k + 1 < self.next_k
+                self.drop_oldest() && (r.written == 0 || r.idempotent) && r.k + 1 < self.next_k
             }
+            // Larger than the write buffer takes: never written.
+            Err(Error::InvalidMessage { .. }) => !late && r.too_large > 0 && r.written == 0,
             Err(_) => false,
         };
         if !ok {
@@ -121,16 +123,29 @@ impl Sim {
                 self.cfg.track_cap
             ));
         }
-        // Idempotent requests queued again take room past the bound.
+        // Idempotent requests queued again, and messages recovered from
+        // the journal (`owner::spawn` forces their room), take room past
+        // the bound.
         let slack = self.session.requeued_requests();
-        let cap = self.cfg.capacity + slack;
-        if count > cap || (count > 1 + slack && bytes > self.cfg.max_bytes + 64 * slack) {
+        let (rc, rb) = self.recovered_held();
+        let (n, b) = (slack + rc, 64 * slack + rb);
+        if count > self.cfg.capacity + n || (count > 1 + n && bytes > self.cfg.max_bytes + b) {
             self.fail(format!(
                 "the outbox holds {count} messages / {bytes} bytes, over its bound ({} / {})",
                 self.cfg.capacity, self.cfg.max_bytes
             ));
         }
         for m in &self.msgs {
+            // A stamped message given up is dropped from the journal too,
+            // or the next process would send it.
+            let given_up = matches!(
+                m.statuses.last(),
+                Some(Status::Expired | Status::Failed(Failure::Dropped | Failure::TooLarge))
+            );
+            if given_up && m.id.is_some() && !m.journal_dropped {
+                let (k, last) = (m.k, m.statuses.last());
+                self.fail(format!("k{k} turned {last:?}, and stays in the journal"));
+            }
             if self.cfg.at_least_once && m.id.is_some() {
                 continue;
             }
@@ -138,6 +153,20 @@ impl Sim {
                 self.fail(format!("k{} read {} times at most once", m.k, m.read));
             }
         }
+        self.check_dispatch();
+    }
+
+    /// Recovered messages this process still holds: count and bytes.
+    fn recovered_held(&self) -> (usize, usize) {
+        if self.epoch == 0 {
+            return (0, 0);
+        }
+        let acked = self.session.acked();
+        self.msgs
+            .iter()
+            .filter(|m| m.epoch == self.epoch && m.recovered.is_some() && !m.journal_dropped)
+            .filter(|m| m.id.is_some_and(|id| id > acked))
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.len))
     }
 
     /// Whoever sees a final status sees it counted: at the moment receipt
@@ -149,6 +178,7 @@ impl Sim {
             let done = |m: &&Msg| m.statuses.iter().any(|s| s.is_final());
             self.msgs
                 .iter()
+                .filter(|m| m.epoch == self.epoch)
                 .filter(done)
                 .filter_map(last)
                 .filter(f)
@@ -172,10 +202,13 @@ impl Sim {
         }
     }
 
-    /// Once `close` has finished: every message and request has its one outcome.
+    /// Once `close` has finished: every message and request of this
+    /// process has its one outcome, counted by this process's counters
+    /// (earlier processes' are gone with them; what they journaled and did
+    /// not settle was recovered by a later one, and is counted there).
     pub(super) fn final_checks(&self) {
         let s = self.stats();
-        for r in &self.reqs {
+        for r in self.reqs.iter().filter(|r| r.epoch == self.epoch) {
             if r.answer.is_none() && !r.timed_out {
                 self.fail(format!(
                     "request k{} was neither answered nor timed out",
@@ -184,10 +217,15 @@ impl Sim {
             }
         }
         let (mut never, mut lost_plain, mut written_stamped, mut dropped_written) = (0, 0, 0, 0);
-        for m in &self.msgs {
+        let acked = self.session.acked();
+        for m in self.msgs.iter().filter(|m| m.epoch == self.epoch) {
             let finals = m.statuses.iter().filter(|s| s.is_final()).count();
             if m.receipt.is_some() && finals != 1 {
                 self.fail(format!("receipt of k{} ended with {:?}", m.k, m.statuses));
+            }
+            let too_large = Some(&Status::Failed(Failure::TooLarge));
+            if m.too_large > 0 && m.receipt.is_some() && m.statuses.last() != too_large {
+                self.fail(format!("k{} too large, its receipt {:?}", m.k, m.statuses));
             }
             if m.handed_back {
                 if m.written > 0 && m.id.is_none() {
@@ -200,16 +238,22 @@ impl Sim {
                 }
                 continue;
             }
-            if m.written == 0 {
+            if m.read > 0 && m.written == 0 {
+                self.fail(format!("k{} read but never written", m.k));
+            }
+            // Durable: left in the journal for the next start (checked there).
+            let given_up = m.journal_dropped || m.expired_at_start;
+            if self.disk.is_some() && m.id.is_some_and(|id| id > acked) && !given_up {
+                continue;
+            }
+            // Written as the session counts it; a recovered message may be
+            // acknowledged before this process wrote it.
+            let acknowledged = m.id.is_some_and(|id| id <= acked) && !given_up;
+            if !(m.written_as_counted() || acknowledged) {
                 never += 1;
-                if m.read > 0 {
-                    self.fail(format!("k{} read but never written", m.k));
-                }
             } else if m.id.is_some() {
                 written_stamped += 1;
-                if m.statuses.last() == Some(&Status::Failed(Failure::Dropped)) {
-                    dropped_written += 1;
-                }
+                dropped_written += u64::from(m.journal_dropped);
             } else if m.read == 0 {
                 lost_plain += 1;
             }
@@ -217,7 +261,7 @@ impl Sim {
         let dropped_requests = self
             .reqs
             .iter()
-            .filter(|r| r.written == 0)
+            .filter(|r| r.epoch == self.epoch && r.written == 0)
             .filter(|r| {
                 let answer = r.answer.as_ref().map(|(_, a)| a).or(r.late.as_ref());
                 matches!(answer, Some(Err(Error::OutboxFull { .. })))
@@ -231,29 +275,26 @@ impl Sim {
                 s.dropped, s.expired
             ));
         }
-        // Written, never handed back: delivered (acknowledged) or counted lost.
-        if s.acknowledged > written_stamped
-            || (!self.cfg.drop_oldest && s.acknowledged != written_stamped)
-        {
+        // Written, never handed back nor kept: acknowledged, or given up
+        // (for room, or too large) and counted lost.
+        if s.acknowledged + dropped_written != written_stamped {
             self.fail(format!(
-                "{written_stamped} stamped messages were written and not handed back, {} acknowledged",
+                "{written_stamped} stamped messages were written and neither handed back nor \
+                 kept, {dropped_written} of them given up, but {} acknowledged",
                 s.acknowledged
             ));
         }
-        let unacked = written_stamped - s.acknowledged;
-        if unacked < dropped_written || s.possibly_lost < lost_plain + unacked {
+        if s.possibly_lost < lost_plain + dropped_written {
             self.fail(format!(
-                "{lost_plain} plain messages lost in transit and {unacked} written stamped ones \
-                 dropped unacknowledged, but possibly_lost = {}",
+                "{lost_plain} plain messages lost in transit and {dropped_written} written \
+                 stamped ones given up unacknowledged, but possibly_lost = {}",
                 s.possibly_lost
             ));
         }
         // Every acknowledged id reached the server's application (one the
-        // client gave up to drop-oldest may have been lost: not acknowledged).
-        let acked = self.session.acked();
+        // client gave up may have been lost: not acknowledged).
         for m in &self.msgs {
-            let given_up = m.statuses.last() == Some(&Status::Failed(Failure::Dropped))
-                || (self.cfg.drop_oldest && m.receipt.is_none());
+            let given_up = m.journal_dropped || m.expired_at_start;
             let acknowledged = m.id.is_some_and(|id| id <= acked) && m.written > 0;
             if acknowledged && !given_up && !self.server.app.contains(&m.k) {
                 self.fail(format!(

@@ -2,8 +2,11 @@
 //! the I/O thread drives it, against a simulated clock, network and server,
 //! with every step checked against a small reference model.
 //!
-//! - **Clock**: an `Instant` taken once, plus an offset the steps advance.
-//!   Nothing reads the real clock after [`Sim::new`].
+//! - **Clock**: an `Instant` taken once, plus an offset the steps advance,
+//!   and a wall clock that starts at a fixed date for the journal's
+//!   deadlines. Nothing the simulation depends on reads the real clock
+//!   after [`Sim::new`] (a journal notes when it was opened, for a sync
+//!   policy that never syncs here).
 //! - **Network**: frames in flight each way with a latency (in order, as on
 //!   TCP); a reset (both ways lost, the client reads an error), a black
 //!   hole (everything vanishes, nobody is told), a connect attempt that
@@ -14,13 +17,22 @@
 //!   requests by name (`X` → `XOK` / `XError`) and by `reqId` (at once,
 //!   late or never), pushes, answers pings (or stops), closes at any moment.
 //! - **Caller**: sends with every option, requests by name or id (idempotent
-//!   or not), `reconnect_now`, the `on_open` hook's verdict, `close` with
-//!   its goodbye as `Socket::goodbye` does it. Waiters are real one-shot
-//!   channels the caller polls; it gives up at its deadline.
+//!   or not), under every overflow policy (a caller blocked for room waits
+//!   across steps), `reconnect_now`, the `on_open` hook's verdict, `close`
+//!   with its goodbye as `Socket::goodbye` does it. Waiters are real
+//!   one-shot channels the caller polls; it gives up at its deadline.
+//! - **Driver**: as `io::Io`: a write buffer that refuses frames over its
+//!   size (`Written::TooLarge`), a dispatcher whose subscribers lag (reading
+//!   pauses while it is full), a process frozen for a while (the driver
+//!   wakes late and says so), and durable mode: the real journal in a
+//!   directory of its own, and the process dying at any step, a new one
+//!   starting on what the journal recovered.
 //!
-//! Here: the configuration, the steps, the caller and the driver; the
-//! network and the clock in `net.rs`, the server in `server.rs`, the
-//! invariants in `checks.rs`.
+//! Here: the configuration, the steps and the simulation's state; the
+//! caller in `caller.rs`, the model's records in `model.rs`, the driver
+//! in `driver.rs`, reading pauses and freezes in `reading.rs`, the journal
+//! and restarts in `restart.rs`, the network and the clock in `net.rs`, the
+//! server in `server.rs`, the invariants in `checks.rs`.
 //!
 //! Randomness comes from the configuration's seed only (the server's
 //! choices, latencies, and the session's backoff jitter through
@@ -31,21 +43,28 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use serde_json::{Value, json};
 use tungstenite::Utf8Bytes;
 
 use crate::backoff::BackoffPolicy;
-use crate::command::{Command, Event, Item, ReplyTo, Waiter};
-use crate::delivery::ReceiptCell;
+use crate::command::Command;
 use crate::outbox::Budget;
-use crate::pending::Key;
-use crate::session::{Inbound, Output, Rules, Session, Transmit, Written};
+use crate::session::{Output, Rules, Session};
 use crate::state::Counters;
-use crate::{Error, Failure, LinkState, Message, Overflow, Status};
+use crate::{LinkState, Overflow};
+use caller::Blocked;
+pub use model::Figures;
+use model::{Msg, Req};
+use net::{Down, Flight, Up};
+use restart::Disk;
+use server::Server;
 
+mod caller;
 mod checks;
+mod driver;
+mod model;
 mod net;
+mod reading;
+mod restart;
 mod server;
 
 /// The setup of one simulated link.
@@ -59,8 +78,12 @@ pub struct SimConfig {
     pub by_id: bool,
     /// An `on_open` hook gates every connection.
     pub on_open: bool,
-    /// Overflow policy: drop the oldest instead of refusing.
-    pub drop_oldest: bool,
+    /// Durable: at-least-once messages go to a journal file of their own
+    /// (this implies `at_least_once`), and [`Step::Restart`] restarts the
+    /// process on it.
+    pub durable: bool,
+    /// What `send` does when the outbox is full.
+    pub overflow: Overflow,
     /// Outbox capacity (messages).
     pub capacity: usize,
     /// Outbox capacity (bytes).
@@ -74,6 +97,12 @@ pub struct SimConfig {
     /// Receipts and answered requests a connection keeps while it waits
     /// for a pong (65,536 in the library; small, the bound is reached).
     pub track_cap: usize,
+    /// The largest frame the write buffer takes; a larger message is
+    /// `Written::TooLarge` (`usize::MAX`: any).
+    pub write_limit: usize,
+    /// Subscribers, whose dispatcher holds this many events before the
+    /// driver stops reading (`None`: no subscriber, no dispatcher).
+    pub dispatch_capacity: Option<usize>,
 }
 
 /// What the `on_open` hook reports.
@@ -123,8 +152,8 @@ pub enum Step {
     ConnectRejected,
     /// The oldest `on_open` hook still running reports.
     Hook(HookVerdict),
-    /// The server pushes a message.
-    Push,
+    /// The server pushes this many messages (a burst fills the dispatcher).
+    Push(u8),
     /// The connection is reset: frames in flight are lost both ways and
     /// the client reads an error.
     Reset,
@@ -148,116 +177,15 @@ pub enum Step {
     ReconnectNow,
     /// `close` with this timeout (ms).
     Close(u16),
-}
-
-/// A frame from the client.
-#[derive(Debug)]
-enum Up {
-    Text(Utf8Bytes),
-    Ping(u64),
-    Close,
-}
-
-/// A frame from the server.
-#[derive(Debug)]
-enum Down {
-    Text(String),
-    Pong(u64),
-    Close(u16),
-}
-
-#[derive(Debug)]
-struct Flight<F> {
-    at: Instant,
-    conn: u64,
-    frame: F,
-}
-
-/// One message accepted by `send`, as the model follows it.
-#[derive(Debug)]
-struct Msg {
-    k: u64,
-    id: Option<u64>,
-    expires: Option<Instant>,
-    receipt: Option<Arc<ReceiptCell>>,
-    /// Statuses the session gave its receipt, in order.
-    statuses: Vec<Status>,
-    /// Times written.
-    written: u32,
-    /// Times the server's WebSocket layer read it.
-    read: u32,
-    handed_back: bool,
-    /// The `on_open` step's message for this connection.
-    hook: Option<u64>,
-}
-
-/// One request, as its caller sees it.
-#[derive(Debug)]
-struct Req {
-    k: u64,
-    op: String,
-    req_id: Option<u64>,
-    deadline: Instant,
-    idempotent: bool,
-    rx: Receiver<Result<Message, Error>>,
-    answer: Option<(Instant, Result<Message, Error>)>,
-    /// The caller gave up at its deadline.
-    timed_out: bool,
-    /// A failure that came after that.
-    late: Option<Result<Message, Error>>,
-    written: u32,
-    /// The client read its own reply in time on this connection.
-    own_reply: Option<u64>,
-    /// The `on_open` step's request for this connection.
-    hook: Option<u64>,
-}
-
-/// The server's view of one connection.
-#[derive(Debug)]
-struct ServerConn {
-    id: u64,
-    /// It sent a Close: what arrives after is discarded.
-    closing: bool,
-    no_pong: bool,
-}
-
-#[derive(Debug, Default)]
-struct Server {
-    conn: Option<ServerConn>,
-    /// Dedup state: (run, highest id) of the at-least-once sequence.
-    run: Option<u64>,
-    highest: u64,
-    /// An acknowledgement owed, sent with the next message's.
-    ack_owed: bool,
-    /// Messages (their `k`) its application handled, first copies only.
-    app: Vec<u64>,
-    duplicates: u64,
-}
-
-/// Figures of a run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Figures {
-    /// Steps applied.
-    pub steps: u64,
-    /// Messages accepted by `send`.
-    pub sent: u64,
-    /// Requests made.
-    pub requests: u64,
-    /// Connections made.
-    pub connects: u64,
-    /// Messages the server's application handled.
-    pub delivered: u64,
-    /// Failures (`Closed`, `ConnectionLost`) the session sent to a
-    /// request after its deadline: its caller had given up, so they
-    /// reach nobody.
-    pub late_failures: u64,
-    /// Answers the session gave in time while the driver said goodbye,
-    /// which the driver hands out only after it (so past their caller's
-    /// deadline, when the goodbye outlasts it).
-    pub delayed_by_goodbye: u64,
-    /// Requests that timed out though their own reply came in time (a
-    /// ghost took it).
-    pub robbed: u64,
+    /// The dispatcher runs up to this many queued events (subscribers
+    /// catch up).
+    Handle(u8),
+    /// The process is frozen this long (ms): time jumps and no timer fires;
+    /// then the driver finds it woke late.
+    Freeze(u16),
+    /// The process dies; a new one starts on the same journal this much
+    /// later (ms). Only with `durable`.
+    Restart(u16),
 }
 
 /// The simulation: see the module docs.
@@ -314,6 +242,28 @@ pub struct Sim {
     figures: Figures,
     /// Trace of what happened, for a failure's report.
     log: VecDeque<String>,
+    /// The process: 0 at first, one more at each restart.
+    epoch: u32,
+    /// Durable: the journal and where it lives.
+    disk: Option<Disk>,
+    /// The highest acknowledgement a process that died knew.
+    acked_before: u64,
+    /// Callers waiting for room in the outbox.
+    blocked: VecDeque<Blocked>,
+    /// Events the dispatcher holds.
+    dispatch_depth: usize,
+    /// The driver stopped reading: the dispatcher is full.
+    paused: bool,
+    /// Bytes read past a full dispatcher for a waiting request's sake.
+    reserve_used: usize,
+    /// Since when the client may have heard nothing from its peer: the
+    /// connection, the last frame read, reading resumed, a freeze noticed,
+    /// `reconnect_now`.
+    quiet_from: Instant,
+    /// Since when the driver reads this connection without a pause.
+    reading_since: Instant,
+    /// When the connection the driver holds was made.
+    connected_at: Instant,
 }
 
 impl fmt::Debug for Sim {
@@ -327,75 +277,73 @@ impl fmt::Debug for Sim {
 }
 
 const LOG_KEEP: usize = 60;
+/// The heartbeat, scaled down: a probe after a second of silence, the
+/// peer dead if nothing answers it within half a second.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A step's milliseconds; `u16::MAX` stands for `Duration::MAX` (no limit).
-fn ms_or_max(ms: u16) -> Duration {
-    if ms == u16::MAX {
+/// How long the `on_open` step may take.
+fn login_timeout(cfg: &SimConfig) -> Duration {
+    if cfg.unlimited {
         Duration::MAX
     } else {
-        Duration::from_millis(u64::from(ms))
+        Duration::from_millis(1500)
     }
+}
+
+/// The session's rules for a setup (scaled down: a second of heartbeat).
+fn rules(cfg: &SimConfig) -> Arc<Rules> {
+    let ms = Duration::from_millis;
+    Arc::new(Rules {
+        heartbeat_interval: HEARTBEAT_INTERVAL,
+        heartbeat_timeout: HEARTBEAT_TIMEOUT,
+        app_heartbeat: cfg.app_heartbeat.then(|| {
+            (
+                Utf8Bytes::from_static(r#"{"Operator":"Heart"}"#),
+                "HeartOK".into(),
+            )
+        }),
+        app_heartbeat_dispatch: false,
+        backoff: BackoffPolicy {
+            min: ms(100),
+            max: ms(2000),
+            healthy_after: ms(1000),
+            max_attempts: cfg.max_attempts,
+            spread: ms(50),
+        },
+        retry_rejections: false,
+        connect_timeout: if cfg.unlimited {
+            Duration::MAX
+        } else {
+            ms(1000)
+        },
+        login_timeout: login_timeout(cfg),
+        on_open: cfg.on_open,
+        overflow: cfg.overflow,
+        operator_field: "Operator".into(),
+        error_suffix: "Error".into(),
+        correlation_field: cfg.by_id.then(|| "reqId".into()),
+        acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
+        // Small, so that the window fills and frees often.
+        window: (16, 4096),
+        durable: cfg.durable,
+        track_cap: cfg.track_cap,
+    })
 }
 
 impl Sim {
     /// A link that starts now (the only read of the real clock).
-    pub fn new(cfg: SimConfig) -> Sim {
+    pub fn new(mut cfg: SimConfig) -> Sim {
+        cfg.at_least_once |= cfg.durable;
         // The session's backoff jitter comes from the thread's generator.
         fastrand::seed(cfg.seed);
         let rng = fastrand::Rng::with_seed(cfg.seed);
-        let ms = Duration::from_millis;
-        let rules = Rules {
-            heartbeat_interval: ms(1000),
-            heartbeat_timeout: ms(500),
-            app_heartbeat: cfg.app_heartbeat.then(|| {
-                (
-                    Utf8Bytes::from_static(r#"{"Operator":"Heart"}"#),
-                    "HeartOK".into(),
-                )
-            }),
-            app_heartbeat_dispatch: false,
-            backoff: BackoffPolicy {
-                min: ms(100),
-                max: ms(2000),
-                healthy_after: ms(1000),
-                max_attempts: cfg.max_attempts,
-                spread: ms(50),
-            },
-            retry_rejections: false,
-            connect_timeout: if cfg.unlimited {
-                Duration::MAX
-            } else {
-                ms(1000)
-            },
-            login_timeout: if cfg.unlimited {
-                Duration::MAX
-            } else {
-                ms(1500)
-            },
-            on_open: cfg.on_open,
-            overflow: if cfg.drop_oldest {
-                Overflow::DropOldest
-            } else {
-                Overflow::Reject
-            },
-            operator_field: "Operator".into(),
-            error_suffix: "Error".into(),
-            correlation_field: cfg.by_id.then(|| "reqId".into()),
-            acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
-            // Small, so that the window fills and frees often.
-            window: (16, 4096),
-            durable: false,
-            track_cap: cfg.track_cap,
-        };
         let budget = Arc::new(Budget::new(cfg.capacity, cfg.max_bytes));
         let counters = Arc::new(Counters::default());
-        let session = Session::new(
-            Arc::new(rules),
-            budget.clone(),
-            counters.clone(),
-            Vec::new(),
-        );
-        let run = cfg.seed % (1 << 53);
+        let session = Session::new(rules(&cfg), budget.clone(), counters.clone(), Vec::new());
+        // Durable: the journal's run, and its ids; else a run of the seed's.
+        let disk = cfg.durable.then(Disk::create);
+        let run = disk.as_ref().map_or(cfg.seed % (1 << 53), Disk::run);
         let t0 = Instant::now();
         let mut sim = Sim {
             rng,
@@ -432,6 +380,16 @@ impl Sim {
             finished: false,
             figures: Figures::default(),
             log: VecDeque::new(),
+            epoch: 0,
+            disk,
+            acked_before: 0,
+            blocked: VecDeque::new(),
+            dispatch_depth: 0,
+            paused: false,
+            reserve_used: 0,
+            quiet_from: t0,
+            reading_since: t0,
+            connected_at: t0,
             cfg,
         };
         // The driver's first turn starts the first attempt.
@@ -452,11 +410,11 @@ impl Sim {
         self.finished
     }
 
-    fn ms(&self) -> u128 {
+    pub(super) fn ms(&self) -> u128 {
         (self.now - self.t0).as_millis()
     }
 
-    fn note(&mut self, what: impl FnOnce() -> String) {
+    pub(super) fn note(&mut self, what: impl FnOnce() -> String) {
         if self.log.len() == LOG_KEEP {
             self.log.pop_front();
         }
@@ -466,7 +424,7 @@ impl Sim {
 
     /// A broken invariant: say which, with the recent trace.
     #[track_caller]
-    fn fail(&self, what: String) -> ! {
+    pub(super) fn fail(&self, what: String) -> ! {
         let trace: Vec<&str> = self.log.iter().map(String::as_str).collect();
         panic!(
             "simulation invariant broken at {} ms: {what}\n  config: {:?}\n  last events:\n    {}",
@@ -476,7 +434,12 @@ impl Sim {
         );
     }
 
-    fn latency(&mut self) -> Duration {
+    /// The overflow policy drops the oldest.
+    pub(super) fn drop_oldest(&self) -> bool {
+        self.cfg.overflow == Overflow::DropOldest
+    }
+
+    pub(super) fn latency(&mut self) -> Duration {
         Duration::from_millis(self.rng.u64(1..=20))
     }
 
@@ -487,6 +450,8 @@ impl Sim {
         }
         self.figures.steps += 1;
         self.note(|| format!("step {step:?}"));
+        // Callers blocked for room were woken when it freed.
+        self.unblock();
         match step {
             Step::Send {
                 ttl_ms,
@@ -502,100 +467,24 @@ impl Sim {
             Step::HookSend { request, stale } => self.hook_send(*request, *stale),
             Step::Advance(ms) => self.advance(self.now + Duration::from_millis(u64::from(*ms))),
             Step::Sleep => self.sleep(),
-            Step::ConnectOk => {
-                if self.attempt.take().is_some() {
-                    let id = self.session.handle_connected(self.now);
-                    self.figures.connects += 1;
-                    self.failed_in_a_row = 0;
-                    self.sock = Some(id);
-                    self.server.conn = Some(ServerConn {
-                        id,
-                        closing: false,
-                        no_pong: false,
-                    });
-                    self.note(|| format!("connected: conn {id}"));
-                    self.perform();
-                }
+            Step::ConnectOk => self.connect_ok(),
+            Step::ConnectFail => self.connect_failed(false),
+            Step::ConnectRejected => self.connect_failed(true),
+            Step::Hook(v) => self.hook_verdict(*v),
+            Step::Push(n) => self.push(*n),
+            Step::Reset => self.reset_conn(),
+            Step::BlackHole => self.black_hole(),
+            Step::PeerClose => self.peer_close(),
+            Step::NoPong => self.no_pong(),
+            Step::ReconnectNow => {
+                // On a live connection, it asks the peer now.
+                self.quiet_from = self.now;
+                self.cmds.push_back(Command::ReconnectNow);
             }
-            Step::ConnectFail | Step::ConnectRejected => {
-                if self.attempt.take().is_some() {
-                    let e = match step {
-                        Step::ConnectFail => Error::Connect {
-                            context: "connecting".into(),
-                            source: "refused".into(),
-                        },
-                        _ => Error::Rejected { status: 403 },
-                    };
-                    self.failed_in_a_row += 1;
-                    self.session.handle_connect_failed(self.now, e);
-                    self.perform();
-                }
-            }
-            Step::Hook(v) => {
-                if let Some(conn) = self.hooks.pop_front() {
-                    let (result, fatal) = match v {
-                        HookVerdict::Ok => (Ok(()), false),
-                        HookVerdict::Err => (Err(Error::Timeout(Duration::from_secs(1))), false),
-                        HookVerdict::Fatal => (Err(Error::Fatal("banned".into())), false),
-                    };
-                    // A fatal verdict ends the link even if its connection
-                    // died meanwhile, unless a later on_open step succeeded.
-                    let settled =
-                        matches!(self.state, Some(LinkState::Open | LinkState::Closed(_)));
-                    self.fatal_due |= *v == HookVerdict::Fatal && !settled;
-                    self.cmds.push_back(Command::HookDone {
-                        conn,
-                        result,
-                        fatal,
-                    });
-                }
-            }
-            Step::Push => {
-                if let Some(c) = self.server.conn.as_ref().filter(|c| !c.closing) {
-                    let id = c.id;
-                    let at = self.now + self.latency();
-                    self.server_send(at, id, json!({"Operator": "News"}));
-                }
-            }
-            Step::Reset => {
-                if let Some(id) = self.sock {
-                    self.reset = Some(id);
-                    self.up.retain(|f| f.conn != id);
-                    self.down.retain(|f| f.conn != id);
-                    self.server.conn = None;
-                }
-            }
-            Step::BlackHole => {
-                if let Some(id) = self.sock {
-                    self.holes.push(id);
-                    self.up.retain(|f| f.conn != id);
-                    self.down.retain(|f| f.conn != id);
-                    self.server.conn = None;
-                }
-            }
-            Step::PeerClose => {
-                if let Some(c) = self.server.conn.as_mut().filter(|c| !c.closing) {
-                    c.closing = true;
-                    let id = c.id;
-                    let at = self.now + self.latency();
-                    self.push_down(at, id, Down::Close(1000));
-                }
-            }
-            Step::NoPong => {
-                if let Some(c) = self.server.conn.as_mut() {
-                    c.no_pong = true;
-                }
-            }
-            Step::ReconnectNow => self.cmds.push_back(Command::ReconnectNow),
-            Step::Close(ms) => {
-                if !self.closing {
-                    self.closing = true;
-                    let deadline = self.now + Duration::from_millis(u64::from(*ms));
-                    // The driver takes `Close` out of the command stream.
-                    self.session.handle_close(deadline);
-                    self.close_deadline = Some(deadline);
-                }
-            }
+            Step::Close(ms) => self.close(*ms),
+            Step::Handle(n) => self.handle_events(*n),
+            Step::Freeze(ms) => self.freeze(*ms),
+            Step::Restart(ms) => self.restart(*ms),
         }
         self.turn();
         if std::mem::take(&mut self.fatal_due) && !self.ended {
@@ -603,579 +492,5 @@ impl Sim {
             self.fail(format!("a fatal on_open verdict left the link {state:?}"));
         }
         self.check();
-    }
-}
-
-// ---- the caller
-impl Sim {
-    fn send(&mut self, ttl_ms: Option<u16>, volatile: bool, receipt: bool, pad: u8) {
-        let k = self.next_k;
-        self.next_k += 1;
-        let pad = "x".repeat(usize::from(pad));
-        let plain = json!({"Operator": "Post", "k": k, "pad": pad}).to_string();
-        let stamp = self.cfg.at_least_once && !volatile;
-        let mut item = Item::new(plain.clone());
-        if stamp {
-            item.weight += self.stamp_key.len() + 21;
-        }
-        if self.closing || self.ended {
-            return self.note(|| format!("send k{k}: refused, closed"));
-        }
-        let reserved = if self.cfg.drop_oldest {
-            // The handle waits past twice the bound; the driver trims
-            // each message as it takes it, so it never waits here.
-            self.budget.force_reserve(item.weight);
-            true
-        } else {
-            self.budget.try_reserve(item.weight)
-        };
-        if !reserved {
-            return self.note(|| format!("send k{k}: outbox full, handed back"));
-        }
-        let id = stamp.then(|| {
-            let id = self.next_id;
-            self.next_id += 1;
-            item.text = crate::sequence::stamp_text(&plain, &self.stamp_key, id).into();
-            item.id = Some(id);
-            id
-        });
-        // As `send_with` computes it.
-        item.expires = ttl_ms.map(|t| crate::time::after(self.now, ms_or_max(t)));
-        item.volatile = volatile;
-        let cell = receipt.then(ReceiptCell::new);
-        if let (Some(c), Some(id)) = (&cell, id) {
-            c.set_id(id);
-        }
-        item.receipt = cell.clone();
-        self.figures.sent += 1;
-        self.msgs.push(Msg {
-            k,
-            id,
-            expires: item.expires,
-            receipt: cell,
-            statuses: Vec::new(),
-            written: 0,
-            read: 0,
-            handed_back: false,
-            hook: None,
-        });
-        self.note(|| format!("send k{k} id {id:?}"));
-        self.cmds.push_back(Command::Send(item));
-    }
-
-    /// The `on_open` hook's `Link` sends or asks, as `Shared::submit` does:
-    /// refused with `ConnectionLost` once its connection is gone (the
-    /// driver holds another or none), never refused for `close`.
-    fn hook_send(&mut self, request: bool, stale: bool) {
-        let Some(conn) = self.hooks.front().copied().or(self.last_hook) else {
-            return;
-        };
-        if !stale && (self.sock != Some(conn) || self.ended) {
-            return self.note(|| format!("hook send on conn {conn}: ConnectionLost"));
-        }
-        if request {
-            return self.request(0, 1000, false, Some(conn));
-        }
-        let k = self.next_k;
-        self.next_k += 1;
-        let text = json!({"Operator": "Post", "k": k, "pad": "", "hook": conn}).to_string();
-        self.figures.sent += 1;
-        self.msgs.push(Msg {
-            k,
-            id: None,
-            expires: None,
-            receipt: None,
-            statuses: Vec::new(),
-            written: 0,
-            read: 0,
-            handed_back: false,
-            hook: Some(conn),
-        });
-        self.note(|| format!("hook send k{k} on conn {conn}"));
-        let item = Item::new(text);
-        self.cmds.push_back(Command::OnOpen { conn, item });
-    }
-
-    fn request(&mut self, op: u8, timeout_ms: u16, idempotent: bool, hook: Option<u64>) {
-        if hook.is_none() && (self.closing || self.ended) {
-            return;
-        }
-        let k = self.next_k;
-        self.next_k += 1;
-        let op = if op == 0 { "ReqA" } else { "ReqB" };
-        let mut value = json!({"Operator": op, "k": k});
-        let key = if self.cfg.by_id {
-            let id = self.next_req;
-            self.next_req += 1;
-            value["reqId"] = json!(id);
-            Key::Id(id)
-        } else {
-            Key::Operator {
-                reply: format!("{op}OK"),
-                errors: vec![format!("{op}Error")],
-            }
-        };
-        let mut item = Item::new(value.to_string());
-        // The on_open step's messages take no room in the outbox.
-        let reserved = if hook.is_some() {
-            true
-        } else if self.cfg.drop_oldest {
-            self.budget.force_reserve(item.weight);
-            true
-        } else {
-            self.budget.try_reserve(item.weight)
-        };
-        if !reserved {
-            return self.note(|| format!("request k{k}: outbox full"));
-        }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        // As `request_with` computes it (a millisecond later: the caller
-        // gives up just after the session would answer).
-        let timeout = ms_or_max(timeout_ms).saturating_add(Duration::from_millis(1));
-        let deadline = crate::time::after(self.now, timeout);
-        let waiter = Waiter {
-            tx,
-            errors: vec![format!("{op}Error")],
-            retry: None,
-            written_at: 0,
-        };
-        let req_id = match &key {
-            Key::Id(id) => Some(*id),
-            Key::Operator { .. } => None,
-        };
-        item.reply = Some(Box::new(ReplyTo {
-            key,
-            deadline,
-            waiter,
-            idempotent,
-        }));
-        self.figures.requests += 1;
-        self.reqs.push(Req {
-            k,
-            op: op.into(),
-            req_id,
-            deadline,
-            idempotent,
-            rx,
-            answer: None,
-            timed_out: false,
-            late: None,
-            written: 0,
-            own_reply: None,
-            hook,
-        });
-        self.note(|| format!("request k{k} {op} {req_id:?} hook {hook:?}"));
-        self.cmds.push_back(match hook {
-            Some(conn) => Command::OnOpen { conn, item },
-            None => Command::Send(item),
-        });
-    }
-
-    /// Poll each waiting caller's channel; a caller whose deadline passed
-    /// gives up (it sees `Timeout`).
-    fn callers(&mut self) {
-        self.callers_at(self.now);
-    }
-
-    /// [`callers`](Self::callers) as of `now`.
-    fn callers_at(&mut self, now: Instant) {
-        for i in 0..self.reqs.len() {
-            let r = &mut self.reqs[i];
-            let polled = r.rx.try_recv();
-            if let Err(TryRecvError::Disconnected) = polled
-                && r.answer.is_none()
-                && !r.timed_out
-            {
-                // Let go without an answer: the caller maps it as
-                // `Shared::request` does (before the deadline, only the
-                // I/O thread ending may do that: a closed link).
-                let outcome = crate::send::request_outcome(
-                    Err(RecvTimeoutError::Disconnected),
-                    r.deadline,
-                    now,
-                    Duration::ZERO,
-                );
-                if now < r.deadline || !matches!(outcome, Err(Error::Timeout(_))) {
-                    let k = r.k;
-                    self.fail(format!(
-                        "request k{k}: its waiter was let go without an answer; \
-                         its caller sees {outcome:?}"
-                    ));
-                }
-            }
-            if let Ok(answer) = polled {
-                // A failure sent after the caller gave up (close answers
-                // whatever is still queued) reaches nobody: the caller saw
-                // its timeout. A reply must never come that late.
-                if r.timed_out
-                    && r.answer.is_none()
-                    && !matches!(answer, Ok(_) | Err(Error::Remote(_)))
-                {
-                    self.figures.late_failures += 1;
-                    r.late = Some(answer);
-                    continue;
-                }
-                if r.answer.is_some() || r.timed_out {
-                    let what = format!(
-                        "request k{} answered after {} ({answer:?})",
-                        r.k,
-                        if r.timed_out {
-                            "its timeout"
-                        } else {
-                            "an answer"
-                        }
-                    );
-                    self.fail(what);
-                }
-                if now < r.deadline && self.now >= r.deadline {
-                    // Decided in time during the goodbye, handed out after it.
-                    let k = r.k;
-                    self.figures.delayed_by_goodbye += 1;
-                    self.fail(format!(
-                        "request k{k}: its answer, decided in time during the goodbye, \
-                         reached its caller after the deadline"
-                    ));
-                }
-                // By name, a reply may reach another request of its
-                // operator (the price of FIFO matching): its own is then
-                // owed to someone else.
-                let other = match &answer {
-                    Ok(m) | Err(Error::Remote(m)) => {
-                        r.req_id.is_none() && m.get("k").and_then(Value::as_u64) != Some(r.k)
-                    }
-                    Err(_) => false,
-                };
-                let key = (self.reading, r.op.clone());
-                r.answer = Some((now, answer));
-                if other {
-                    self.robbery.entry(key).or_default().0 += 1;
-                }
-                self.check_answer(i);
-            } else if r.answer.is_none() && !r.timed_out && now >= r.deadline {
-                r.timed_out = true;
-                if let Some(conn) = r.own_reply {
-                    let (k, key) = (r.k, (conn, r.op.clone()));
-                    self.robbed(k, key);
-                }
-            }
-        }
-    }
-}
-
-// ---- the driver: as `io::Io` does it
-impl Sim {
-    /// One turn of the I/O loop.
-    fn turn(&mut self) {
-        let now = self.now;
-        while let Some(cmd) = self.cmds.pop_front() {
-            self.session.handle_command(now, cmd);
-        }
-        self.perform();
-        if self.session.close_ready(now, true) {
-            return self.finish();
-        }
-        // Read what has arrived.
-        while let Some(conn) = self.sock {
-            if self.reset == Some(conn) {
-                self.reset = None;
-                self.session.handle_lost(now, "read failed: reset".into());
-                self.perform();
-                break;
-            }
-            if self.down.front().is_none_or(|f| f.at > now) {
-                break;
-            }
-            let Some(f) = self.down.pop_front() else {
-                break;
-            };
-            if f.conn != conn {
-                continue;
-            }
-            let inbound = match f.frame {
-                Down::Text(t) => Inbound::Text(t.into()),
-                Down::Pong(n) => Inbound::Pong(n.to_be_bytes().to_vec()),
-                Down::Close(code) => Inbound::Close(Some(code)),
-            };
-            self.note(|| format!("conn {conn} reads {inbound:?}"));
-            if let Inbound::Text(t) = &inbound {
-                self.reply_read(conn, t.as_str());
-            }
-            self.session.handle_frame(now, inbound);
-            self.perform();
-        }
-        self.session.handle_timeout(now);
-        self.perform();
-        self.write();
-        self.perform();
-    }
-
-    fn write(&mut self) {
-        let Some(conn) = self.sock else {
-            return;
-        };
-        let now = self.now;
-        while let Some(t) = self.session.poll_transmit(now) {
-            match t {
-                Transmit::Ping(seq) => self.push_up(conn, Up::Ping(seq)),
-                Transmit::Text(text) => {
-                    let (receipts, answered) = self.session.tracked();
-                    if receipts + answered >= self.cfg.track_cap
-                        && text.as_str() != r#"{"Operator":"Heart"}"#
-                    {
-                        self.fail(format!(
-                            "wrote a message while {receipts} receipts and {answered} answered \
-                             requests waited for a pong (bound {})",
-                            self.cfg.track_cap
-                        ));
-                    }
-                    let len = text.len();
-                    self.written(&text);
-                    self.push_up(conn, Up::Text(text));
-                    self.session.transmitted(now, len, Written::Yes);
-                }
-            }
-        }
-        if let Some(seq) = self.session.end_batch(now) {
-            self.push_up(conn, Up::Ping(seq));
-        }
-    }
-
-    /// The model learns what was written.
-    fn written(&mut self, text: &Utf8Bytes) {
-        if text.as_str() == r#"{"Operator":"Heart"}"# {
-            // While the on_open step runs, only its messages go out.
-            if self.state != Some(LinkState::Open) {
-                let state = self.state.clone();
-                self.fail(format!("the app heartbeat was written while {state:?}"));
-            }
-            return;
-        }
-        let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-        let k = v["k"].as_u64().unwrap_or(0);
-        let now = self.now;
-        let (sock, open) = (self.sock, self.state == Some(LinkState::Open));
-        // The on_open step's messages go on their connection only; the
-        // outbox's only once it is open.
-        let gate = |hook: Option<u64>| match hook {
-            Some(conn) if sock != Some(conn) => Some("on another connection than its step's"),
-            None if !open => Some("before the on_open step finished"),
-            _ => None,
-        };
-        if let Some(m) = self.msgs.iter_mut().find(|m| m.k == k) {
-            if m.written == 0 && m.expires.is_some_and(|e| e <= now) {
-                self.fail(format!("k{k} written after its time to live ran out"));
-            }
-            if let Some(why) = gate(m.hook) {
-                self.fail(format!("k{k} written {why}"));
-            }
-            m.written += 1;
-        } else if let Some(r) = self.reqs.iter_mut().find(|r| r.k == k) {
-            if r.answer.is_some() || r.deadline <= now {
-                let what = format!("request k{k} written after it was answered or timed out");
-                self.fail(what);
-            }
-            if let Some(why) = gate(r.hook) {
-                self.fail(format!("request k{k} written {why}"));
-            }
-            r.written += 1;
-        } else {
-            self.fail(format!("wrote a frame nobody sent: {text}"));
-        }
-        self.note(|| format!("writes {text}"));
-    }
-
-    /// Do what the session asks, in its order.
-    fn perform(&mut self) {
-        while let Some(out) = self.session.poll_output() {
-            self.perform_one(out);
-        }
-        self.callers();
-    }
-
-    fn perform_one(&mut self, out: Output) {
-        match out {
-            Output::Connect { deadline } => {
-                if self.attempt.is_some() {
-                    self.fail("a second connect attempt while one runs".into());
-                }
-                if self.sock.is_some() {
-                    self.fail("a connect attempt while connected".into());
-                }
-                // `reconnect_max_attempts(n)` gives up at the n-th failure.
-                if let Some(n) = self.cfg.max_attempts
-                    && self.failed_in_a_row >= n
-                {
-                    let failed = self.failed_in_a_row;
-                    self.fail(format!(
-                        "a connect attempt after {failed} failed in a row (max attempts {n})"
-                    ));
-                }
-                self.note(|| "connect attempt".into());
-                self.attempt = Some(deadline);
-            }
-            Output::AbandonAttempt => self.attempt = None,
-            // Its Close frame may or may not get out; the Disconnect that
-            // follows drops the socket.
-            Output::GoAway(code) => self.note(|| format!("go away ({code})")),
-            Output::Disconnect => {
-                let conn = self.sock.take();
-                self.note(|| format!("disconnect {conn:?}"));
-                // The socket is dropped: what it had not read is gone.
-                self.down.retain(|f| Some(f.conn) != conn);
-                if self.server.conn.as_ref().map(|c| c.id) == conn {
-                    self.server.conn = None;
-                }
-            }
-            Output::RunHook { conn } => {
-                self.hooks.push_back(conn);
-                self.last_hook = Some(conn);
-            }
-            Output::Dispatch(ev) => {
-                if let Event::Message(m) = &ev
-                    && !["News", "HeartOK"].contains(&m.operator())
-                    && !m.operator().starts_with("Req")
-                {
-                    self.fail(format!("dispatched {:?} to subscribers", m.operator()));
-                }
-            }
-            Output::Answer(a) => {
-                let (waiter, answer) = *a;
-                waiter.answer(answer);
-            }
-            Output::Receipt(cell, status) => self.receipt(&cell, status),
-            Output::State(s) => {
-                self.note(|| format!("state {s:?}"));
-                self.state = Some(s);
-            }
-            Output::JournalDrop(_) | Output::LastError(_) => {}
-            Output::Ended => self.ended = true,
-        }
-    }
-
-    fn receipt(&mut self, cell: &Arc<ReceiptCell>, status: Status) {
-        let Some(i) = self
-            .msgs
-            .iter()
-            .position(|m| m.receipt.as_ref().is_some_and(|r| Arc::ptr_eq(r, cell)))
-        else {
-            self.fail("a receipt nobody asked for".into());
-        };
-        cell.set(status);
-        let m = &self.msgs[i];
-        let is_final = status.is_final();
-        let wrong = if m.statuses.iter().any(|s| s.is_final()) {
-            Some("after its final status")
-        } else {
-            match status {
-                Status::Queued => Some("back to queued"),
-                Status::Written | Status::Failed(Failure::PossiblyLost) if m.written == 0 => {
-                    Some("though never written")
-                }
-                Status::Confirmed if m.read == 0 => Some("though the server never read it"),
-                Status::Acknowledged if !self.server.app.contains(&m.k) => {
-                    Some("though the server's application never had it")
-                }
-                Status::Expired if m.written > 0 => Some("though written"),
-                Status::Failed(Failure::Dropped) if !self.cfg.drop_oldest => {
-                    Some("without drop-oldest")
-                }
-                // Drop-oldest makes room for the newest: never drops it.
-                Status::Failed(Failure::Dropped) if m.k + 1 == self.next_k => {
-                    Some("though it is the one just accepted")
-                }
-                Status::Failed(Failure::Closed) if !self.closing => Some("before close"),
-                _ => None,
-            }
-        };
-        if let Some(why) = wrong {
-            let (k, seen) = (m.k, m.statuses.clone());
-            self.fail(format!(
-                "receipt of k{k} moved to {status:?} {why} (before: {seen:?})"
-            ));
-        }
-        let k = m.k;
-        self.note(|| format!("receipt k{k} {status:?} (final {is_final})"));
-        self.msgs[i].statuses.push(status);
-        if is_final {
-            self.counted_before(k, status);
-        }
-    }
-
-    /// Close: the goodbye (`Socket::goodbye`), then `Session::finish`.
-    fn finish(&mut self) {
-        self.finished = true;
-        self.attempt = None;
-        while let Some(cmd) = self.cmds.pop_front() {
-            self.session.handle_command(self.now, cmd);
-        }
-        let deadline = self.close_deadline.unwrap_or(self.now);
-        if let Some(conn) = self.sock.take()
-            && deadline > self.now
-        {
-            self.goodbye(conn, deadline);
-        }
-        self.note(|| "finish".into());
-        let unsent = self.session.finish(self.now);
-        for (at, out) in std::mem::take(&mut self.held) {
-            self.perform_one(out);
-            self.callers_at(at);
-        }
-        for text in unsent {
-            let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-            let k = v["k"].as_u64().unwrap_or(0);
-            match self.msgs.iter_mut().find(|m| m.k == k) {
-                Some(m) if !m.handed_back => m.handed_back = true,
-                _ => self.fail(format!("close handed back {text} (not a queued send)")),
-            }
-        }
-        self.perform();
-        // Past close, every caller has an answer or has given up.
-        self.now = self.now.max(deadline);
-        self.callers();
-        self.final_checks();
-    }
-
-    fn goodbye(&mut self, conn: u64, deadline: Instant) {
-        if let Some(seq) = self.session.goodbye_ping(self.now) {
-            self.push_up(conn, Up::Ping(seq));
-        }
-        self.push_up(conn, Up::Close);
-        let mut peer_closed = false;
-        while !(peer_closed && self.session.confirmed()) {
-            let next = [
-                self.up.front().map(|f| f.at),
-                self.down.front().map(|f| f.at),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let Some(at) = next.filter(|t| *t < deadline) else {
-                self.now = deadline;
-                return;
-            };
-            self.now = self.now.max(at);
-            self.server_turn(at);
-            while self.down.front().is_some_and(|f| f.at <= at) {
-                let Some(f) = self.down.pop_front() else {
-                    break;
-                };
-                if f.conn != conn || self.reset == Some(conn) {
-                    continue;
-                }
-                match f.frame {
-                    Down::Pong(n) => self
-                        .session
-                        .handle_frame(self.now, Inbound::Pong(n.to_be_bytes().to_vec())),
-                    Down::Text(t) => {
-                        self.reply_read(conn, &t);
-                        self.session.handle_frame(self.now, Inbound::Text(t.into()));
-                    }
-                    Down::Close(_) => peer_closed = true,
-                }
-                // The driver performs what the session decided at once.
-                self.perform();
-                self.callers();
-            }
-        }
     }
 }

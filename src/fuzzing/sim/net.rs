@@ -4,8 +4,32 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tungstenite::Utf8Bytes;
 
-use super::{Down, Flight, Sim, Up};
+use super::Sim;
+
+/// A frame from the client.
+#[derive(Debug)]
+pub(super) enum Up {
+    Text(Utf8Bytes),
+    Ping(u64),
+    Close,
+}
+
+/// A frame from the server.
+#[derive(Debug)]
+pub(super) enum Down {
+    Text(String),
+    Pong(u64),
+    Close(u16),
+}
+
+#[derive(Debug)]
+pub(super) struct Flight<F> {
+    pub(super) at: Instant,
+    pub(super) conn: u64,
+    pub(super) frame: F,
+}
 
 impl Sim {
     pub(super) fn advance(&mut self, to: Instant) {
@@ -15,12 +39,14 @@ impl Sim {
         self.server_turn(self.now);
     }
 
-    /// To the next deadline or arrival (at most a few seconds on).
+    /// To the next deadline or arrival (at most a few seconds on). A frame
+    /// that arrived and waits unread (reading pauses) wakes nobody.
     pub(super) fn sleep(&mut self) {
+        let now = self.now;
         let next = [
             self.session.poll_timeout(),
             self.up.front().map(|f| f.at),
-            self.down.front().map(|f| f.at),
+            self.down.iter().map(|f| f.at).find(|at| *at > now),
         ]
         .into_iter()
         .flatten()
@@ -53,6 +79,28 @@ impl Sim {
         while self.up.front().is_some_and(|f| f.at <= until) {
             let Some(f) = self.up.pop_front() else { break };
             self.server_read(f);
+        }
+    }
+
+    /// The connection is reset: frames in flight are lost both ways and
+    /// the client's next read fails.
+    pub(super) fn reset_conn(&mut self) {
+        if let Some(id) = self.sock {
+            self.reset = Some(id);
+            self.up.retain(|f| f.conn != id);
+            self.down.retain(|f| f.conn != id);
+            self.server.conn = None;
+        }
+    }
+
+    /// The connection becomes a black hole: nothing arrives any more, and
+    /// nobody is told.
+    pub(super) fn black_hole(&mut self) {
+        if let Some(id) = self.sock {
+            self.holes.push(id);
+            self.up.retain(|f| f.conn != id);
+            self.down.retain(|f| f.conn != id);
+            self.server.conn = None;
         }
     }
 }

@@ -5,7 +5,34 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Down, Flight, Sim, Up};
+use super::Sim;
+use super::net::{Down, Flight, Up};
+
+/// The server's view of one connection.
+#[derive(Debug)]
+pub(super) struct ServerConn {
+    pub(super) id: u64,
+    /// It sent a Close: what arrives after is discarded.
+    pub(super) closing: bool,
+    pub(super) no_pong: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Server {
+    pub(super) conn: Option<ServerConn>,
+    /// Dedup state: (run, highest id) of the at-least-once sequence.
+    pub(super) run: Option<u64>,
+    pub(super) highest: u64,
+    /// An acknowledgement owed, sent with the next message's.
+    pub(super) ack_owed: bool,
+    /// Messages (their `k`) its application handled, first copies only.
+    pub(super) app: Vec<u64>,
+    pub(super) duplicates: u64,
+    /// The last message with an id its application handled.
+    pub(super) last_stamped: u64,
+    /// Acknowledges every message at once (the network is perfect too).
+    pub(super) steady: bool,
+}
 
 impl Sim {
     pub(super) fn server_read(&mut self, f: Flight<Up>) {
@@ -53,13 +80,24 @@ impl Sim {
                 Some(id) => {
                     let run = v.get("msgRun").and_then(Value::as_u64);
                     if run != self.server.run || id > self.server.highest {
+                        // Across reconnects and restarts, in the order accepted.
+                        let last = self.server.last_stamped;
+                        if last >= k {
+                            self.fail(format!("the server's application got k{k} after k{last}"));
+                        }
+                        self.server.last_stamped = k;
                         self.server.run = run;
                         self.server.highest = id;
                         self.server.app.push(k);
                     } else {
                         self.server.duplicates += 1;
                     }
-                    match self.rng.u8(..100) {
+                    let roll = if self.server.steady {
+                        0
+                    } else {
+                        self.rng.u8(..100)
+                    };
+                    match roll {
                         0..70 => self.ack(at, conn),
                         70..85 => self.server.ack_owed = true,
                         _ => {}
@@ -111,5 +149,33 @@ impl Sim {
         self.server.ack_owed = false;
         let n = self.server.highest;
         self.server_send(at, conn, json!({"Operator": "Ack", "msgId": n}));
+    }
+
+    /// The server pushes `n` messages.
+    pub(super) fn push(&mut self, n: u8) {
+        if let Some(c) = self.server.conn.as_ref().filter(|c| !c.closing) {
+            let id = c.id;
+            for _ in 0..n {
+                let at = self.now + self.latency();
+                self.server_send(at, id, json!({"Operator": "News"}));
+            }
+        }
+    }
+
+    /// The server sends a Close frame and reads nothing more.
+    pub(super) fn peer_close(&mut self) {
+        if let Some(c) = self.server.conn.as_mut().filter(|c| !c.closing) {
+            c.closing = true;
+            let id = c.id;
+            let at = self.now + self.latency();
+            self.push_down(at, id, Down::Close(1000));
+        }
+    }
+
+    /// The server stops answering pings on this connection.
+    pub(super) fn no_pong(&mut self) {
+        if let Some(c) = self.server.conn.as_mut() {
+            c.no_pong = true;
+        }
     }
 }
