@@ -17,6 +17,7 @@ use crate::state::Counters;
 use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, Status};
 
 mod close;
+mod driver;
 mod queue;
 
 const MS: Duration = Duration::from_millis(1);
