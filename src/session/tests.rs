@@ -18,6 +18,7 @@ use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, 
 
 mod close;
 mod driver;
+mod lifecycle;
 mod queue;
 
 const MS: Duration = Duration::from_millis(1);
