@@ -17,9 +17,11 @@ use crate::state::Counters;
 use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, Status};
 
 mod close;
+mod confirm;
 mod driver;
 mod lifecycle;
 mod queue;
+mod route;
 
 const MS: Duration = Duration::from_millis(1);
 
