@@ -176,3 +176,117 @@ fn a_resume_without_a_pause_hides_no_silence() {
     t.advance(Duration::from_secs(1));
     assert_eq!(t.disconnects, 1, "dead at interval + timeout as ever");
 }
+
+/// The on_open step of connection `conn` reports.
+fn hook_done(t: &mut Sim, conn: u64, result: Result<(), Error>, fatal: bool) {
+    t.s.handle_command(
+        t.now,
+        Command::HookDone {
+            conn,
+            result,
+            fatal,
+        },
+    );
+    t.perform();
+}
+
+/// A link with an on_open step whose first connection died during it.
+fn hook_outlived_its_connection() -> (Sim, u64) {
+    let mut t = Sim::new(Rules {
+        on_open: true,
+        ..rules()
+    });
+    let conn = t.connect();
+    t.frame(Inbound::Close(Some(1000)));
+    assert!(matches!(t.state(), LinkState::Backoff { .. }));
+    (t, conn)
+}
+
+#[test]
+fn a_fatal_verdict_ends_the_link_though_its_connection_died_meanwhile() {
+    let (mut t, conn) = hook_outlived_its_connection();
+    hook_done(&mut t, conn, Err(Error::Fatal("banned".into())), false);
+    assert!(matches!(
+        t.state(),
+        LinkState::Closed(CloseReason::Fatal(r)) if r == "banned"
+    ));
+    assert!(t.connects.len() == 1, "no retry after a ban");
+
+    // An `or_fatal` reply says so with any error.
+    let (mut t, conn) = hook_outlived_its_connection();
+    hook_done(&mut t, conn, Err(Error::ConnectionLost), true);
+    assert!(matches!(
+        t.state(),
+        LinkState::Closed(CloseReason::Fatal(_))
+    ));
+}
+
+#[test]
+fn a_plain_failure_of_a_dead_connections_on_open_step_changes_nothing() {
+    let (mut t, conn) = hook_outlived_its_connection();
+    let before = t.state();
+    hook_done(&mut t, conn, Err(Error::ConnectionLost), false);
+    hook_done(&mut t, conn, Ok(()), false);
+    assert_eq!(t.state(), before, "the retry goes on");
+}
+
+#[test]
+fn a_fatal_verdict_after_a_later_on_open_step_succeeded_is_ignored() {
+    let (mut t, first) = hook_outlived_its_connection();
+    t.advance(Duration::from_secs(1));
+    let second = t.connect();
+    hook_done(&mut t, second, Ok(()), false);
+    assert_eq!(t.state(), LinkState::Open);
+    hook_done(&mut t, first, Err(Error::Fatal("banned".into())), false);
+    assert_eq!(t.state(), LinkState::Open, "a later login succeeded");
+}
+
+#[test]
+fn a_failed_on_open_step_retries_unless_its_failure_is_fatal() {
+    let mut t = Sim::new(Rules {
+        on_open: true,
+        ..rules()
+    });
+    let conn = t.connect();
+    hook_done(&mut t, conn, Err(Error::ConnectionLost), false);
+    assert_eq!(t.disconnects, 1);
+    assert!(matches!(t.state(), LinkState::Backoff { attempt: 1, .. }));
+
+    let mut t = Sim::new(Rules {
+        on_open: true,
+        ..rules()
+    });
+    let conn = t.connect();
+    hook_done(&mut t, conn, Err(Error::ConnectionLost), true);
+    assert_eq!(t.disconnects, 1);
+    assert!(matches!(
+        t.state(),
+        LinkState::Closed(CloseReason::Fatal(_))
+    ));
+}
+
+#[test]
+fn a_healthy_link_that_drops_dials_again_without_waiting() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    t.advance(Duration::from_secs(6));
+    t.states.clear();
+    t.s.handle_lost(t.now, "reset".into());
+    t.perform();
+    assert_eq!(t.disconnects, 1);
+    assert!(t.s.wants_connect(), "no timer to wait for");
+    assert_eq!(t.states, [LinkState::Connecting { attempt: 0 }]);
+}
+
+#[test]
+fn a_lost_connection_reported_twice_counts_once() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    t.s.handle_lost(t.now, "reset".into());
+    t.perform();
+    let after = t.state();
+    t.s.handle_lost(t.now, "reset again".into());
+    t.perform();
+    assert_eq!(t.disconnects, 1);
+    assert_eq!(t.state(), after, "no second failure counted");
+}
