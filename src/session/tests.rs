@@ -19,6 +19,8 @@ use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, 
 mod close;
 mod confirm;
 mod driver;
+#[cfg(feature = "fuzzing")]
+mod inspect;
 mod lifecycle;
 mod queue;
 mod route;

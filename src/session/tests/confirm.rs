@@ -222,3 +222,49 @@ fn an_empty_batch_is_no_traffic_and_the_probe_still_goes_on_our_silence() {
         "25 s without a frame from us: middleboxes cut such links"
     );
 }
+
+#[test]
+fn replies_confirmed_by_a_pong_are_no_longer_counted_as_delivered_on_their_own() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    let rx = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    t.write();
+    t.text(r#"{"Operator":"GetOK"}"#);
+    assert!(rx.try_recv().unwrap().is_ok());
+    t.pong(1);
+    // Confirmed by the pong: its reply proves nothing about B.
+    t.send(r#"{"Operator":"B"}"#);
+    t.write();
+    t.frame(Inbound::Close(None));
+    assert_eq!(lost(&t), 1);
+
+    // Answered after the ping's frame: the pong does not cover it, its
+    // reply still proves it arrived.
+    let mut t = Sim::new(rules());
+    t.connect();
+    let first = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    assert_eq!(t.write().len(), 2, "the request and ping 1");
+    let second = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
+    t.write();
+    t.text(r#"{"Operator":"GetOK"}"#);
+    t.text(r#"{"Operator":"GetOK"}"#);
+    assert!(first.try_recv().unwrap().is_ok() && second.try_recv().unwrap().is_ok());
+    t.pong(1);
+    t.frame(Inbound::Close(None));
+    assert_eq!(lost(&t), 0, "the second request's reply proves it arrived");
+}
+
+#[test]
+fn our_own_writes_postpone_the_probe_while_the_peer_talks() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    t.advance(Duration::from_secs(20));
+    t.text(r#"{"Operator":"News"}"#);
+    t.send(r#"{"Operator":"A"}"#);
+    t.write();
+    t.pong(1);
+    t.advance(Duration::from_secs(5));
+    assert!(t.write().is_empty(), "traffic both ways 5 s ago");
+    t.advance(Duration::from_secs(20));
+    assert_eq!(t.write(), ["ping 2"]);
+}

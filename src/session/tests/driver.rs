@@ -196,3 +196,27 @@ fn writing_waits_while_confirmations_are_at_their_bound_but_a_probe_still_goes()
     assert!(t.s.wants_write(), "confirmed: room to track B");
     assert_eq!(t.write()[0], r#"{"Operator":"B"}"#);
 }
+
+#[test]
+fn an_idle_link_gives_back_the_room_of_a_burst() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    for _ in 0..64 {
+        t.send(r#"{"Operator":"A"}"#);
+    }
+    t.write();
+    t.pong(1);
+    assert!(t.s.outbox.capacity() > 0);
+    assert!(t.s.conn.as_ref().unwrap().awaiting.capacity() > 0);
+    t.s.release_memory();
+    assert_eq!(t.s.outbox.capacity(), 0);
+    assert_eq!(t.s.outputs.capacity(), 0);
+    assert_eq!(t.s.conn.as_ref().unwrap().awaiting.capacity(), 0);
+}
+
+#[test]
+fn an_open_idle_link_sleeps_until_its_heartbeat_is_due() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    assert_eq!(t.s.poll_timeout(), Some(t.now + Duration::from_secs(25)));
+}
