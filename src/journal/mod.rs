@@ -113,15 +113,23 @@ mod testing {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    /// A journal path in a directory made for it now: never one an
+    /// earlier run left behind (process ids are reused).
     pub(super) fn temp_path(name: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "longlink-unit-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("journal")
+        loop {
+            let dir = std::env::temp_dir().join(format!(
+                "longlink-unit-{}-{}-{:016x}-{name}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed),
+                fastrand::u64(..)
+            ));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return dir.join("journal"),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!("creating {dir:?}: {e}"),
+            }
+        }
     }
 
     pub(super) fn ids(r: &Replay) -> Vec<u64> {

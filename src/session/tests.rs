@@ -17,8 +17,14 @@ use crate::state::Counters;
 use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, Status};
 
 mod close;
+mod confirm;
+mod driver;
+#[cfg(feature = "fuzzing")]
+mod inspect;
+mod lifecycle;
 mod pause;
 mod queue;
+mod route;
 mod window;
 
 const MS: Duration = Duration::from_millis(1);
