@@ -396,9 +396,11 @@ pub fn session(data: &[u8]) {
             17 => Step::Reset,
             18 => Step::Close(input.u16() % 3000),
             19 => Step::Handle(input.u8() % 4 + 1),
-            20 => match input.u8() % 2 {
+            20 => match input.u8() % 4 {
                 0 => Step::Freeze(input.u16() % 30_000),
-                _ => Step::Restart(input.u16() % 5000),
+                1 => Step::Restart(input.u16() % 5000),
+                2 => Step::Pause,
+                _ => Step::Resume,
             },
             _ => Step::Sleep,
         };

@@ -163,6 +163,8 @@ impl ReferenceStateMachine for Link {
             2 => (1..4u8).prop_map(Step::Handle),
             2 => (0..20_000u16).prop_map(Step::Freeze),
             2 => prop_oneof![3 => 0..3000u16, 1 => Just(60_000)].prop_map(Step::Restart),
+            1 => Just(Step::Pause),
+            2 => Just(Step::Resume),
         ]
         .boxed()
     }

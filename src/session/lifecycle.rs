@@ -159,6 +159,9 @@ impl Session {
             self.outputs.push_back(Output::GoAway(1001));
             self.drop_connection(now);
         }
+        // The next timer is a queued message's time to live, if any (not
+        // one of a message written meanwhile): a paused link sleeps.
+        self.expire_all(now);
         self.phase = Phase::Paused;
     }
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{Msg, Sim};
 use crate::state::Stats;
-use crate::{Error, Failure, Message, Status};
+use crate::{Error, Failure, LinkState, Message, Status};
 
 impl Sim {
     /// The client is about to read `text` on `conn`: a request's own
@@ -107,6 +107,21 @@ impl Sim {
 
     /// After every step.
     pub(super) fn check(&self) {
+        // Paused: no connection, no attempt, and (unless something queued
+        // may run out of time, or close waits) no timer: the thread sleeps.
+        if self.app_paused && !self.ended && self.cmds.is_empty() {
+            if self.sock.is_some() || self.attempt.is_some() {
+                self.fail("paused, yet connected or connecting".into());
+            }
+            if self.state.as_ref().is_some_and(|s| *s != LinkState::Paused) && !self.closing {
+                let state = self.state.clone();
+                self.fail(format!("paused, yet the state is {state:?}"));
+            }
+            if !self.closing && self.session.held().0 == 0 && self.session.poll_timeout().is_some()
+            {
+                self.fail("paused with nothing queued, yet a timer is set".into());
+            }
+        }
         let (count, bytes) = self.budget.depth();
         let held = self.session.held();
         if (count, bytes) != held && !self.finished {

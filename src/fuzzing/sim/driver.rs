@@ -209,6 +209,9 @@ impl Sim {
                 if self.sock.is_some() {
                     self.fail("a connect attempt while connected".into());
                 }
+                if self.app_paused {
+                    self.fail("a connect attempt while paused".into());
+                }
                 // `reconnect_max_attempts(n)` gives up at the n-th failure.
                 if let Some(n) = self.cfg.max_attempts
                     && self.failed_in_a_row >= n

@@ -186,6 +186,10 @@ pub enum Step {
     /// The process dies; a new one starts on the same journal this much
     /// later (ms). Only with `durable`.
     Restart(u16),
+    /// `pause`: the app goes to the background.
+    Pause,
+    /// `resume`: the app is back.
+    Resume,
 }
 
 /// The simulation: see the module docs.
@@ -235,6 +239,8 @@ pub struct Sim {
     state: Option<LinkState>,
     /// `close` was called (sends are refused).
     closing: bool,
+    /// The caller paused the link and has not resumed it.
+    app_paused: bool,
     close_deadline: Option<Instant>,
     /// The session ended for good.
     ended: bool,
@@ -375,6 +381,7 @@ impl Sim {
             reading: 0,
             state: None,
             closing: false,
+            app_paused: false,
             close_deadline: None,
             ended: false,
             finished: false,
@@ -485,6 +492,18 @@ impl Sim {
             Step::Handle(n) => self.handle_events(*n),
             Step::Freeze(ms) => self.freeze(*ms),
             Step::Restart(ms) => self.restart(*ms),
+            Step::Pause => {
+                self.app_paused = true;
+                self.cmds.push_back(Command::Pause);
+            }
+            Step::Resume => {
+                // A resume starts afresh: no failed attempt counts.
+                if self.app_paused && !self.ended {
+                    self.failed_in_a_row = 0;
+                }
+                self.app_paused = false;
+                self.cmds.push_back(Command::Resume);
+            }
         }
         self.turn();
         if std::mem::take(&mut self.fatal_due) && !self.ended {

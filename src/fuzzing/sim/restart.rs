@@ -265,6 +265,8 @@ impl Sim {
         Counters::add(&counters.recovered, n);
         Counters::add(&counters.expired, rec.expired);
         let rules = rules(&self.cfg);
+        // A new process is not paused: pausing is the app's, in memory.
+        self.app_paused = false;
         self.session = Session::new(rules, budget.clone(), counters.clone(), rec.items);
         self.budget = budget;
         self.counters = counters;
