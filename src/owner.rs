@@ -70,10 +70,9 @@ impl Worker {
 pub(crate) struct Owner {
     shared: Arc<Shared>,
     io: Mutex<Option<Worker>>,
-    dispatcher: Mutex<Option<Worker>>,
-    /// Dropped when closing: a dispatcher waiting for room in a full
-    /// receiver gives up. Made with the dispatcher (most links have none).
-    stop: Mutex<Option<Sender<()>>>,
+    /// The dispatcher (most links have none), and the sender dropped when
+    /// closing: a dispatcher waiting for room in a full receiver gives up.
+    dispatcher: Mutex<Option<(Worker, Sender<()>)>>,
 }
 
 impl Owner {
@@ -94,7 +93,6 @@ impl Owner {
         };
         let s = shared.clone();
         let (stop_tx, stop) = bounded(0);
-        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop_tx);
         let worker = Worker::spawn("longlink-dispatch", move || {
             let (registry, counters) = (s.registry.clone(), s.counters.clone());
             dispatch::run(
@@ -108,7 +106,7 @@ impl Owner {
         })?;
         let _ = shared.dispatcher_id.set(worker.handle.thread().id());
         shared.dispatcher_on.store(true, Ordering::Release);
-        *slot = Some(worker);
+        *slot = Some((worker, stop_tx));
         Ok(())
     }
 
@@ -133,14 +131,14 @@ impl Owner {
         if let Some(io) = io {
             io.join_until(crate::time::after(deadline, grace));
         }
-        // Receivers: what they hold can still be taken; nothing more comes.
-        drop(self.stop.lock().unwrap_or_else(|e| e.into_inner()).take());
         let dispatcher = self
             .dispatcher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(dispatcher) = dispatcher {
+        if let Some((dispatcher, stop)) = dispatcher {
+            // Receivers: what they hold can still be taken; nothing more comes.
+            drop(stop);
             dispatcher.join_until(crate::time::after(deadline, grace));
         }
         shared.registry.close_receivers();
@@ -256,7 +254,6 @@ pub(crate) fn spawn(
         shared: shared.clone(),
         io: Mutex::new(None),
         dispatcher: Mutex::new(None),
-        stop: Mutex::new(None),
     });
     // The hook runs on the dispatcher from the first connect on; what the
     // builder registered must see the first state and message.

@@ -71,7 +71,8 @@ pub(crate) fn run(
         closing: None,
         journal_acked: 0,
         reserve_used: 0,
-        events: Events::with_capacity(NonZeroUsize::new(8).expect("8 > 0")),
+        // One socket is registered at a time.
+        events: Events::with_capacity(NonZeroUsize::new(2).expect("2 > 0")),
         stack_top,
         stack_dirty: false,
     };
