@@ -28,84 +28,30 @@ mod conn;
 mod inspect;
 mod lifecycle;
 mod queue;
+mod rules;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tungstenite::Utf8Bytes;
 
-use crate::backoff::{Backoff, BackoffPolicy};
+use crate::backoff::Backoff;
 use crate::command::{Command, Event, Item, Waiter};
 use crate::delivery::ReceiptCell;
 use crate::liveness::Verdict;
 use crate::outbox::Budget;
 use crate::state::Counters;
-use crate::{Cause, CloseReason, Error, Failure, LinkState, Message, Overflow, Status};
+use crate::{Cause, CloseReason, Error, Failure, LinkState, Message, Status};
 use conn::ConnState;
 pub(crate) use conn::TRACK_CAP;
+pub(crate) use rules::Rules;
 
 /// How long past its connect timeout an attempt may take to answer before
 /// it is given up (DNS has no timeout of its own).
 const ATTEMPT_GRACE: Duration = Duration::from_millis(500);
-
-/// The knobs the rules need: part of the configuration, which the builder
-/// writes and the session shares (one copy per link: an idle link should
-/// cost little memory).
-#[derive(Clone)]
-pub(crate) struct Rules {
-    pub(crate) heartbeat_interval: Duration,
-    pub(crate) heartbeat_timeout: Duration,
-    /// Frame text and reply operator.
-    pub(crate) app_heartbeat: Option<(Utf8Bytes, String)>,
-    pub(crate) app_heartbeat_dispatch: bool,
-    pub(crate) backoff: BackoffPolicy,
-    pub(crate) retry_rejections: bool,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) login_timeout: Duration,
-    pub(crate) on_open: bool,
-    pub(crate) overflow: Overflow,
-    pub(crate) operator_field: Arc<str>,
-    pub(crate) error_suffix: Arc<str>,
-    pub(crate) correlation_field: Option<Arc<str>>,
-    /// At least once: the acknowledgement's operator and id field.
-    pub(crate) acks: Option<(Arc<str>, Arc<str>)>,
-    /// At least once: messages and bytes written ahead of the
-    /// acknowledgements, at most (what a cut makes to write again).
-    pub(crate) window: (usize, usize),
-    /// Durable: messages with ids stay in the journal at close.
-    pub(crate) durable: bool,
-    /// Receipts and answered requests one connection keeps while it waits
-    /// for a pong ([`conn::TRACK_CAP`]; the simulator makes it small).
-    pub(crate) track_cap: usize,
-}
-
-impl fmt::Debug for Rules {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Not the app heartbeat's text: a payload.
-        f.debug_struct("Rules")
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("heartbeat_timeout", &self.heartbeat_timeout)
-            .field(
-                "app_heartbeat_reply",
-                &self.app_heartbeat.as_ref().map(|(_, reply)| reply),
-            )
-            .field("backoff", &self.backoff)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("login_timeout", &self.login_timeout)
-            .field("on_open", &self.on_open)
-            .field("overflow", &self.overflow)
-            .field("operator_field", &self.operator_field)
-            .field("correlation_field", &self.correlation_field)
-            .field("acks", &self.acks)
-            .field("window", &self.window)
-            .field("durable", &self.durable)
-            .finish_non_exhaustive()
-    }
-}
 
 /// The lifecycle. Each arm of [`Session::handle_timeout`] says what happens
 /// next; the [`LinkState`] callers see is derived from it
