@@ -63,3 +63,18 @@ impl fmt::Debug for Rules {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_names_the_knobs_but_not_the_heartbeat_text() {
+        let cfg = crate::Client::builder("ws://example.com").app_heartbeat(
+            serde_json::json!({"Operator": "Heart", "t": "s3cret"}),
+            "HeartOK",
+        );
+        let shown = format!("{:?}", cfg.cfg.rules);
+        assert!(shown.contains("heartbeat_interval: 25s"), "{shown}");
+        assert!(shown.contains("HeartOK"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}
