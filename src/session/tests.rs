@@ -29,32 +29,12 @@ mod window;
 
 const MS: Duration = Duration::from_millis(1);
 
+/// The builder's defaults, but a working link that drops is retried at
+/// once (the tests count attempts and their times).
 fn rules() -> Rules {
-    Rules {
-        heartbeat_interval: Duration::from_secs(25),
-        heartbeat_timeout: Duration::from_secs(10),
-        app_heartbeat: None,
-        app_heartbeat_dispatch: false,
-        backoff: BackoffPolicy {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-            healthy_after: Duration::from_secs(5),
-            max_attempts: None,
-            spread: Duration::ZERO,
-        },
-        retry_rejections: false,
-        connect_timeout: Duration::from_secs(10),
-        login_timeout: Duration::from_secs(10),
-        on_open: false,
-        overflow: Overflow::Reject,
-        operator_field: "Operator".into(),
-        error_suffix: "Error".into(),
-        correlation_field: None,
-        acks: None,
-        window: (512, 1 << 20),
-        durable: false,
-        track_cap: super::conn::TRACK_CAP,
-    }
+    let mut rules = (*crate::Client::builder("ws://example.com").cfg.rules).clone();
+    rules.backoff.spread = Duration::ZERO;
+    rules
 }
 
 /// A session, a fake clock, and the driver's side effects kept for checks.
@@ -74,7 +54,12 @@ struct Sim {
 
 impl Sim {
     fn new(rules: Rules) -> Sim {
-        let budget = Arc::new(Budget::new(100, 1 << 20));
+        Sim::with_outbox(rules, 100)
+    }
+
+    /// A link whose outbox holds this many messages (and 1 MiB).
+    fn with_outbox(rules: Rules, capacity: usize) -> Sim {
+        let budget = Arc::new(Budget::new(capacity, 1 << 20));
         let counters = Arc::new(Counters::default());
         let s = Session::new(
             Arc::new(rules),
@@ -123,6 +108,19 @@ impl Sim {
                 Output::LastError(_) | Output::Ended => {}
             }
         }
+    }
+
+    /// The `on_open` step of connection `conn` reports `result`.
+    fn hook_done(&mut self, conn: u64, result: Result<(), Error>) {
+        self.s.handle_command(
+            self.now,
+            Command::HookDone {
+                conn,
+                result,
+                fatal: false,
+            },
+        );
+        self.perform();
     }
 
     fn state(&self) -> LinkState {
@@ -211,6 +209,22 @@ impl Sim {
 
     fn pong(&mut self, seq: u64) {
         self.frame(Inbound::Pong(seq.to_be_bytes().to_vec()));
+    }
+}
+
+/// The messages among written frames (not the confirmation pings).
+fn texts(frames: Vec<String>) -> Vec<String> {
+    frames
+        .into_iter()
+        .filter(|f| !f.starts_with("ping"))
+        .collect()
+}
+
+/// At least once: acknowledged by `{"Operator":"Ack","msgId":n}`.
+fn acked_rules() -> Rules {
+    Rules {
+        acks: Some(("Ack".into(), "msgId".into())),
+        ..rules()
     }
 }
 
@@ -304,15 +318,7 @@ fn the_on_open_step_runs_before_the_outbox_and_only_its_messages_leave() {
     let frames = t.write();
     assert_eq!(frames[0], r#"{"Operator":"userLogin"}"#);
     assert!(!frames.iter().any(|f| f.contains("Queued")), "{frames:?}");
-    t.s.handle_command(
-        t.now,
-        Command::HookDone {
-            conn,
-            result: Ok(()),
-            fatal: false,
-        },
-    );
-    t.perform();
+    t.hook_done(conn, Ok(()));
     assert_eq!(t.state(), LinkState::Open);
     assert_eq!(t.write()[0], r#"{"Operator":"Queued"}"#);
 }

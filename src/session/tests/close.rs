@@ -64,10 +64,7 @@ fn close_lets_a_running_on_open_step_finish_until_its_deadline() {
 
 #[test]
 fn close_while_open_waits_for_unacknowledged_messages_and_the_flush() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     let mut item = t.item(r#"{"msgId":1,"Operator":"Post"}"#);
     item.id = Some(1);
@@ -90,15 +87,7 @@ fn close_while_open_waits_for_a_kept_links_messages_and_a_probe() {
         ..rules()
     });
     let conn = t.connect();
-    t.s.handle_command(
-        t.now,
-        Command::HookDone {
-            conn,
-            result: Ok(()),
-            fatal: false,
-        },
-    );
-    t.perform();
+    t.hook_done(conn, Ok(()));
     assert_eq!(t.state(), LinkState::Open);
     t.s.handle_close(t.now + Duration::from_secs(30));
     assert!(t.s.close_ready(t.now, true), "nothing to flush");
@@ -120,9 +109,8 @@ fn close_while_open_waits_for_a_kept_links_messages_and_a_probe() {
 #[test]
 fn durable_messages_stay_in_the_journal_at_close_and_others_are_handed_back() {
     let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
         durable: true,
-        ..rules()
+        ..acked_rules()
     });
     let mut kept = t.item(r#"{"msgId":1,"Operator":"Post"}"#);
     kept.id = Some(1);
@@ -142,10 +130,7 @@ fn durable_messages_stay_in_the_journal_at_close_and_others_are_handed_back() {
 
 #[test]
 fn at_least_once_without_a_journal_hands_back_messages_with_ids() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     let mut item = t.item(r#"{"msgId":1,"Operator":"Post"}"#);
     item.id = Some(1);
     t.s.handle_command(t.now, Command::Send(item));

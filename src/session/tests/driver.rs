@@ -43,15 +43,7 @@ fn writing_is_wanted_for_queued_messages_only_once_open() {
     assert!(t.s.wants_write(), "the on_open step's message goes now");
     assert_eq!(t.write()[0], r#"{"Operator":"userLogin"}"#);
     assert!(!t.s.wants_write());
-    t.s.handle_command(
-        t.now,
-        Command::HookDone {
-            conn,
-            result: Ok(()),
-            fatal: false,
-        },
-    );
-    t.perform();
+    t.hook_done(conn, Ok(()));
     assert!(t.s.wants_write(), "open: the outbox flows");
     t.write();
     assert!(!t.s.wants_write(), "everything left");
@@ -120,15 +112,7 @@ fn a_verdict_for_an_earlier_connection_does_not_open_the_current_one() {
     assert_eq!(t.state(), LinkState::LoggingIn);
     // The first connection's hook finishes late: it proves nothing about
     // the second, whose own hook still runs.
-    t.s.handle_command(
-        t.now,
-        Command::HookDone {
-            conn: first,
-            result: Ok(()),
-            fatal: false,
-        },
-    );
-    t.perform();
+    t.hook_done(first, Ok(()));
     assert_eq!(t.state(), LinkState::LoggingIn);
     let item = t.item(r#"{"Operator":"userLogin"}"#);
     t.budget.release(item.weight);
@@ -143,10 +127,7 @@ fn a_verdict_for_an_earlier_connection_does_not_open_the_current_one() {
 
 #[test]
 fn acknowledgements_are_recorded_up_to_the_highest_id_sent() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     assert_eq!(t.s.acked(), 0);
     for id in 1..=2u64 {

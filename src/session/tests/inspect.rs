@@ -6,10 +6,7 @@ use super::*;
 
 #[test]
 fn the_held_view_counts_queued_and_unacknowledged_messages_with_their_bytes() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     assert_eq!(t.s.held(), (0, 0));
     for id in 1..=2u64 {
         let mut item = t.item(&format!(r#"{{"msgId":{id},"Operator":"Post"}}"#));

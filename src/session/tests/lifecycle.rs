@@ -96,15 +96,7 @@ fn the_app_heartbeat_waits_for_open_while_the_on_open_step_runs() {
     t.advance(Duration::from_secs(25));
     assert_eq!(t.write(), ["ping 1"], "only the ping proves liveness");
     t.text(r#"{"Operator":"HeartOK"}"#);
-    t.s.handle_command(
-        t.now,
-        Command::HookDone {
-            conn,
-            result: Ok(()),
-            fatal: false,
-        },
-    );
-    t.perform();
+    t.hook_done(conn, Ok(()));
     t.advance(Duration::from_secs(25));
     assert_eq!(t.write(), ["ping 2", heart], "open: both");
     assert!(

@@ -3,14 +3,6 @@
 
 use super::*;
 
-/// The messages among written frames (not the confirmation pings).
-fn texts(frames: Vec<String>) -> Vec<String> {
-    frames
-        .into_iter()
-        .filter(|f| !f.starts_with("ping"))
-        .collect()
-}
-
 #[test]
 fn a_pause_closes_the_connection_and_nothing_happens_until_resume() {
     let mut t = Sim::new(Rules {
@@ -76,24 +68,13 @@ fn a_pause_during_an_attempt_or_the_on_open_step_ends_it() {
     t.s.handle_command(t.now, Command::Pause);
     t.perform();
     assert_eq!(t.go_aways, [1001]);
-    t.s.handle_command(
-        t.now,
-        Command::HookDone {
-            conn,
-            result: Ok(()),
-            fatal: false,
-        },
-    );
-    t.perform();
+    t.hook_done(conn, Ok(()));
     assert_eq!(t.state(), LinkState::Paused, "a stale step opens nothing");
 }
 
 #[test]
 fn at_least_once_keeps_its_unacknowledged_messages_across_a_pause() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     for (id, text) in [(1, r#"{"msgId":1}"#), (2, r#"{"msgId":2}"#)] {
         let mut item = t.item(text);

@@ -47,10 +47,7 @@ fn a_volatile_message_is_not_buffered_while_the_link_is_down() {
 
 #[test]
 fn at_least_once_keeps_messages_until_acknowledged_and_resends_them_first() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     let mut cells = Vec::new();
     for id in 1..=3u64 {
@@ -90,19 +87,12 @@ fn at_least_once_keeps_messages_until_acknowledged_and_resends_them_first() {
 
 #[test]
 fn drop_oldest_gives_up_the_oldest_message_and_keeps_the_newest() {
-    let mut t = Sim::new(Rules {
-        overflow: Overflow::DropOldest,
-        ..rules()
-    });
-    t.budget = Arc::new(Budget::new(2, 1 << 20));
-    t.s = Session::new(
-        Arc::new(Rules {
+    let mut t = Sim::with_outbox(
+        Rules {
             overflow: Overflow::DropOldest,
             ..rules()
-        }),
-        t.budget.clone(),
-        t.counters.clone(),
-        Vec::new(),
+        },
+        2,
     );
     let cells: Vec<_> = ["A", "B", "C"]
         .iter()
@@ -191,10 +181,7 @@ fn a_message_whose_time_ran_out_between_timeouts_is_never_written() {
 
 #[test]
 fn an_at_least_once_message_written_once_is_sent_again_after_its_time_to_live() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     let cell = send_with(&mut t, r#"{"msgId":1,"Operator":"Post"}"#, |i, now| {
         i.id = Some(1);
@@ -227,10 +214,7 @@ fn a_link_that_ended_keeps_sends_for_close_and_refuses_requests() {
 
 #[test]
 fn writes_are_counted_once_per_batch_with_their_bytes_and_re_sends() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     send_with(&mut t, r#"{"msgId":1,"Operator":"Post"}"#, |i, _| {
         i.id = Some(1)
@@ -253,10 +237,7 @@ fn writes_are_counted_once_per_batch_with_their_bytes_and_re_sends() {
 
 #[test]
 fn a_message_too_large_to_write_fails_and_leaves_the_journal() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     let big = send_with(&mut t, r#"{"msgId":1,"Operator":"Big"}"#, |i, _| {
         i.id = Some(1)
@@ -287,19 +268,12 @@ fn a_message_too_large_to_write_fails_and_leaves_the_journal() {
 
 #[test]
 fn a_request_dropped_to_make_room_is_counted_as_dropped() {
-    let mut t = Sim::new(Rules {
-        overflow: Overflow::DropOldest,
-        ..rules()
-    });
-    t.budget = Arc::new(Budget::new(1, 1 << 20));
-    t.s = Session::new(
-        Arc::new(Rules {
+    let mut t = Sim::with_outbox(
+        Rules {
             overflow: Overflow::DropOldest,
             ..rules()
-        }),
-        t.budget.clone(),
-        t.counters.clone(),
-        Vec::new(),
+        },
+        1,
     );
     let rx = t.request(r#"{"Operator":"Get"}"#, "GetOK", Duration::from_secs(5));
     let mut item = Item::new(r#"{"Operator":"B"}"#.to_owned());

@@ -65,10 +65,7 @@ fn without_an_error_suffix_a_reply_by_id_is_never_an_error_by_its_name() {
 
 #[test]
 fn an_acknowledgement_settles_messages_and_reaches_no_subscriber() {
-    let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
-        ..rules()
-    });
+    let mut t = Sim::new(acked_rules());
     t.connect();
     let mut item = t.item(r#"{"msgId":1,"Operator":"Post"}"#);
     item.id = Some(1);

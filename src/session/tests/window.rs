@@ -13,19 +13,11 @@ fn with_ids(t: &mut Sim, ids: std::ops::RangeInclusive<u64>) {
     t.perform();
 }
 
-fn texts(frames: Vec<String>) -> Vec<String> {
-    frames
-        .into_iter()
-        .filter(|f| !f.starts_with("ping"))
-        .collect()
-}
-
 #[test]
 fn writing_waits_while_the_window_is_full_and_goes_on_with_acks() {
     let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
         window: (3, 1 << 20),
-        ..rules()
+        ..acked_rules()
     });
     t.connect();
     with_ids(&mut t, 1..=10);
@@ -51,9 +43,8 @@ fn writing_waits_while_the_window_is_full_and_goes_on_with_acks() {
 #[test]
 fn the_window_also_counts_bytes_and_lets_one_large_message_through() {
     let mut t = Sim::new(Rules {
-        acks: Some(("Ack".into(), "msgId".into())),
         window: (100, 30),
-        ..rules()
+        ..acked_rules()
     });
     t.connect();
     with_ids(&mut t, 1..=5);
