@@ -317,7 +317,7 @@ impl Client {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.shared.budget.depth())
+        self.shared.stats()
     }
 
     /// The app goes to the background (mobile platforms cut sockets a few

@@ -51,6 +51,12 @@
 //! [`Client::resume`] when it comes back (connect at once, `on_open`,
 //! flush in order).
 //!
+//! ## Where to connect
+//!
+//! [`ClientBuilder::url_with`] computes the URL at every attempt (a signed
+//! URL, an expiring token); [`ClientBuilder::endpoints`] lists several URLs
+//! for one service, an attempt that fails moving to the next.
+//!
 //! ## Receiving: closures or receivers
 //!
 //! What is registered on the builder misses nothing: a push sent right

@@ -75,7 +75,7 @@ impl Link {
 
     /// Counters of the client, e.g. to tell a first login from a re-login.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot(self.shared.budget.depth())
+        self.shared.stats()
     }
 }
 

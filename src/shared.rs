@@ -64,6 +64,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A snapshot of the counters, with the endpoint in use (redacted).
+    pub(crate) fn stats(&self) -> crate::Stats {
+        let mut stats = self.counters.snapshot(self.budget.depth());
+        let i = self
+            .counters
+            .endpoint
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let url = self.cfg.endpoints.get(i).unwrap_or(&self.cfg.url);
+        stats.endpoint = crate::config::redact_url(url);
+        stats
+    }
+
     /// Push a command and wake the I/O thread if it sleeps.
     pub(crate) fn command(&self, c: Command) -> bool {
         let ok = self.tx.send(c).is_ok();

@@ -152,6 +152,8 @@ pub struct Stats {
     /// operator (and none took every other one), or for a receiver that
     /// was dropped or could not take it before the link closed.
     pub unclaimed: u64,
+    /// The endpoint in use, or being tried (without query or user info).
+    pub endpoint: String,
     /// Round trip of the last answered WebSocket ping.
     pub last_rtt: Option<Duration>,
 }
@@ -176,6 +178,8 @@ pub(crate) struct Counters {
     pub(crate) invalid_frames: AtomicU64,
     pub(crate) heartbeat_misses: AtomicU64,
     pub(crate) unclaimed: AtomicU64,
+    /// Index of the endpoint in use or being tried.
+    pub(crate) endpoint: AtomicU64,
     /// Microseconds + 1; 0 means none yet.
     pub(crate) last_rtt_us: AtomicU64,
 }
@@ -214,6 +218,7 @@ impl Counters {
             invalid_frames: get(&self.invalid_frames),
             heartbeat_misses: get(&self.heartbeat_misses),
             unclaimed: get(&self.unclaimed),
+            endpoint: String::new(),
             last_rtt: (rtt > 0).then(|| Duration::from_micros(rtt - 1)),
         }
     }

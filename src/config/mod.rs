@@ -24,10 +24,16 @@ pub(crate) use url::redact_url;
 pub(crate) type OpenHook = dyn Fn(&Link) -> Result<(), Error> + Send + Sync;
 /// Headers produced at every connect.
 pub(crate) type HeaderFn = dyn Fn() -> Vec<(String, String)> + Send + Sync;
+pub(crate) type UrlFn = dyn Fn(&str) -> String + Send + Sync;
 
 /// Everything the threads need to know, fixed at build time.
 pub(crate) struct Config {
+    /// The first endpoint (shown in `Debug` and logs, redacted).
     pub(crate) url: String,
+    /// Every endpoint, in order, checked and normalised (the first is `url`).
+    pub(crate) endpoints: Vec<String>,
+    /// Computes each attempt's URL from its endpoint.
+    pub(crate) url_fn: Option<Arc<UrlFn>>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) header_fn: Option<Arc<HeaderFn>>,
     pub(crate) outbox_capacity: usize,
@@ -56,10 +62,35 @@ pub(crate) struct Config {
     pub(crate) proxy_from_env: bool,
 }
 
+impl Config {
+    /// The URL of an attempt on endpoint `i`: computed by `url_with` (and
+    /// checked: a bad one fails the attempt, it never panics) or as given.
+    pub(crate) fn attempt_url(&self, i: usize) -> Result<String, Error> {
+        let endpoint = self.endpoints.get(i).unwrap_or(&self.url);
+        match &self.url_fn {
+            // A transient failure: the next attempt calls it again.
+            Some(f) => url::check_url(&f(endpoint)).map_err(|why| Error::Connect {
+                context: "computing the URL (url_with)".into(),
+                source: why.into(),
+            }),
+            None => Ok(endpoint.clone()),
+        }
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("url", &redact_url(&self.url))
+            .field(
+                "endpoints",
+                &self
+                    .endpoints
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("url_with", &self.url_fn.is_some())
             .field(
                 "headers",
                 &self

@@ -12,6 +12,18 @@ impl ClientBuilder {
     pub(super) fn validate(mut self) -> Result<Config, Error> {
         let mut from_env = None;
         let mut url = None;
+        // With several endpoints, the first stands for the link (logs, the
+        // proxy from the environment); every one is checked.
+        if let Some(first) = self.cfg.endpoints.first() {
+            self.cfg.url = first.clone();
+        }
+        let mut more = Vec::new();
+        for e in self.cfg.endpoints.iter().skip(1) {
+            match check_url(e) {
+                Ok(checked) => more.push(checked),
+                Err(problem) => self.problems.push(problem),
+            }
+        }
         let c = &self.cfg;
         match check_url(&c.url) {
             Ok(checked) => {
@@ -113,9 +125,11 @@ impl ClientBuilder {
             .at_least_once
             .then(|| (c.ack_operator.clone(), c.msg_id_field.clone()));
         rules.durable = c.journal.is_some();
-        // Every connect uses the checked, normalised URL.
+        rules.endpoints = c.endpoints.len().max(1);
+        // Every connect uses the checked, normalised URLs.
         if let Some(url) = url {
-            self.cfg.url = url;
+            self.cfg.url = url.clone();
+            self.cfg.endpoints = std::iter::once(url).chain(more).collect();
         }
         if self.problems.is_empty() {
             Ok(self.cfg)

@@ -155,7 +155,7 @@ impl Io {
     fn perform(&mut self, now: Instant) {
         while let Some(out) = self.session.poll_output() {
             match out {
-                Output::Connect { deadline } => self.dial(now, deadline),
+                Output::Connect { deadline, endpoint } => self.dial(now, deadline, endpoint),
                 Output::AbandonAttempt => self.attempt = None,
                 Output::GoAway(code) => {
                     if let Some(s) = self.sock.take() {
@@ -193,13 +193,14 @@ impl Io {
     /// Start a connection attempt on its own thread: a connect blocks
     /// (TCP, proxy, TLS, upgrade, up to `deadline`; DNS without one), and
     /// `close` must not wait for it.
-    fn dial(&mut self, now: Instant, deadline: Instant) {
+    fn dial(&mut self, now: Instant, deadline: Instant, endpoint: usize) {
+        crate::state::Counters::store(&self.shared.counters.endpoint, endpoint as u64);
         let (tx, rx) = crossbeam_channel::bounded(1);
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("longlink-connect".into())
             .spawn(move || {
-                let result = transport::connect(&shared.cfg, deadline);
+                let result = transport::connect(&shared.cfg, endpoint, deadline);
                 // Abandoned (close, or too late): the socket closes here.
                 let _ = tx.send(result);
                 shared.wake();
@@ -242,7 +243,11 @@ impl Io {
                 let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
                     format!(" through proxy {}:{}", p.host, p.port)
                 });
-                log::info!("longlink: connected to {}{via}", redact_url(&cfg.url));
+                let endpoint = cfg
+                    .endpoints
+                    .get(self.session.endpoint())
+                    .unwrap_or(&cfg.url);
+                log::info!("longlink: connected to {}{via}", redact_url(endpoint));
                 // The first reads and writes (TLS) may run deep.
                 self.stack_dirty = true;
                 self.sock = Some(sock);
@@ -250,7 +255,12 @@ impl Io {
                 self.shared.live_conn.store(id, Ordering::Release);
             }
             Err(e) => {
-                let url = redact_url(&self.shared.cfg.url);
+                let cfg = &self.shared.cfg;
+                let url = redact_url(
+                    cfg.endpoints
+                        .get(self.session.endpoint())
+                        .unwrap_or(&cfg.url),
+                );
                 log::warn!("longlink: connecting to {url} failed: {}", e.describe());
                 self.session.handle_connect_failed(now, e);
             }

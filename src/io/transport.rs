@@ -135,11 +135,12 @@ fn io_err(context: impl Into<String>, e: io::Error) -> Error {
     }
 }
 
-/// Open one connection. Blocks until `deadline` at most.
-pub(crate) fn connect(cfg: &Config, deadline: Instant) -> Result<Ws, Error> {
-    let shown = redact_url(&cfg.url);
-    let mut request = cfg
-        .url
+/// Open one connection to endpoint `endpoint` (its URL computed by
+/// `url_with` if set, and checked). Blocks until `deadline` at most.
+pub(crate) fn connect(cfg: &Config, endpoint: usize, deadline: Instant) -> Result<Ws, Error> {
+    let url = cfg.attempt_url(endpoint)?;
+    let shown = redact_url(&url);
+    let mut request = url
         .as_str()
         .into_client_request()
         .map_err(|e| Error::InvalidConfig(format!("url {shown}: {e}")))?;
@@ -279,7 +280,8 @@ fn handshake(
 ) -> Result<Handshake, Error> {
     #[cfg(any(feature = "native-tls", feature = "rustls"))]
     {
-        let connector = tls_connector(cfg, tls)?;
+        let shown = redact_url(&request.uri().to_string());
+        let connector = tls_connector(cfg, &shown, tls)?;
         Ok(tungstenite::client_tls_with_config(
             request,
             stream,
@@ -303,7 +305,11 @@ fn handshake(
 }
 
 #[cfg(feature = "native-tls")]
-fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connector>, Error> {
+fn tls_connector(
+    cfg: &Config,
+    shown: &str,
+    tls: bool,
+) -> Result<Option<tungstenite::Connector>, Error> {
     if !tls {
         return Ok(Some(tungstenite::Connector::Plain));
     }
@@ -313,8 +319,7 @@ fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connecto
     }
     if cfg.accept_invalid_certs {
         log::warn!(
-            "longlink: certificate and host name checks are OFF for {} (danger_accept_invalid_certificates)",
-            redact_url(&cfg.url)
+            "longlink: certificate and host name checks are OFF for {shown} (danger_accept_invalid_certificates)"
         );
         b.danger_accept_invalid_certs(true)
             .danger_accept_invalid_hostnames(true);
@@ -324,7 +329,11 @@ fn tls_connector(cfg: &Config, tls: bool) -> Result<Option<tungstenite::Connecto
 }
 
 #[cfg(all(feature = "rustls", not(feature = "native-tls")))]
-fn tls_connector(cfg: &Config, _tls: bool) -> Result<Option<tungstenite::Connector>, Error> {
+fn tls_connector(
+    cfg: &Config,
+    _shown: &str,
+    _tls: bool,
+) -> Result<Option<tungstenite::Connector>, Error> {
     if cfg.accept_invalid_certs {
         return Err(Error::InvalidConfig(
             "danger_accept_invalid_certificates needs the native-tls feature".into(),

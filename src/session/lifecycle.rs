@@ -57,7 +57,9 @@ impl Session {
 
     pub(super) fn connect(&mut self, now: Instant) {
         let deadline = crate::time::after(now, self.rules.connect_timeout);
-        self.outputs.push_back(Output::Connect { deadline });
+        let endpoint = self.endpoint;
+        self.outputs
+            .push_back(Output::Connect { deadline, endpoint });
         self.phase = Phase::Dialing {
             attempt: self.backoff.failures(),
             until: crate::time::after(deadline, ATTEMPT_GRACE),
@@ -84,6 +86,7 @@ impl Session {
     /// The attempt failed.
     pub(crate) fn handle_connect_failed(&mut self, now: Instant, e: Error) {
         Counters::add(&self.counters.connect_failures, 1);
+        self.next_endpoint();
         let reason = e.describe();
         if e.is_permanent(self.rules.retry_rejections) {
             self.end(now, CloseReason::Fatal(reason), Some(e));
@@ -136,9 +139,19 @@ impl Session {
         }
     }
 
+    /// An attempt failed: the next one goes to the next endpoint (a link
+    /// that works stays on its own).
+    fn next_endpoint(&mut self) {
+        self.endpoint = (self.endpoint + 1) % self.rules.endpoints.max(1);
+    }
+
     /// The connection is gone (or the attempt failed after the handshake).
     pub(super) fn lost(&mut self, now: Instant, cause: Cause) {
         log::info!("longlink: link lost: {cause}");
+        // Lost before it was open: the attempt failed.
+        if matches!(self.phase, Phase::LoggingIn { .. }) {
+            self.next_endpoint();
+        }
         self.drop_connection(now);
         self.retry(now, cause);
     }

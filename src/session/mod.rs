@@ -139,8 +139,8 @@ pub(crate) enum Inbound {
 
 /// What the driver must do or hand out.
 pub(crate) enum Output {
-    /// Open a connection; the attempt ends by `deadline`.
-    Connect { deadline: Instant },
+    /// Open a connection to endpoint `endpoint`; the attempt ends by `deadline`.
+    Connect { deadline: Instant, endpoint: usize },
     /// The attempt in flight is given up (its socket is dropped if it comes).
     AbandonAttempt,
     /// The connection is gone: drop the socket.
@@ -179,6 +179,8 @@ pub(crate) struct Session {
     backoff: Backoff,
     conn: Option<ConnState>,
     conn_ids: u64,
+    /// The endpoint in use, or to try next.
+    endpoint: usize,
     /// Accepted by `send`, not yet written (or to be written again).
     outbox: VecDeque<Item>,
     /// At-least-once messages written and not yet acknowledged, in id order.
@@ -246,6 +248,7 @@ impl Session {
             phase: Phase::Connecting { attempt: 0 },
             conn: None,
             conn_ids: 0,
+            endpoint: 0,
             outbox: recovered.into(),
             unacked: VecDeque::new(),
             unacked_bytes: 0,
@@ -270,6 +273,11 @@ impl Session {
     /// The connection messages may be written to, if any.
     pub(crate) fn conn_id(&self) -> Option<u64> {
         self.conn.as_ref().map(|c| c.id)
+    }
+
+    /// The endpoint in use, or to try next.
+    pub(crate) fn endpoint(&self) -> usize {
+        self.endpoint
     }
 
     /// Highest acknowledged id (for the journal).

@@ -38,6 +38,8 @@ pub(crate) struct Rules {
     /// Receipts and answered requests one connection keeps while it waits
     /// for a pong ([`conn::TRACK_CAP`]; the simulator makes it small).
     pub(crate) track_cap: usize,
+    /// How many endpoints to go round (at least 1).
+    pub(crate) endpoints: usize,
 }
 
 impl fmt::Debug for Rules {
@@ -60,6 +62,7 @@ impl fmt::Debug for Rules {
             .field("acks", &self.acks)
             .field("window", &self.window)
             .field("durable", &self.durable)
+            .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
     }
 }

@@ -19,6 +19,7 @@ use crate::{CloseReason, Error, Failure, LinkState, Message, Overflow, Receipt, 
 mod close;
 mod confirm;
 mod driver;
+mod endpoints;
 #[cfg(feature = "fuzzing")]
 mod inspect;
 mod lifecycle;

@@ -202,7 +202,8 @@ impl Sim {
 
     fn perform_one(&mut self, out: Output) {
         match out {
-            Output::Connect { deadline } => {
+            Output::Connect { deadline, endpoint } => {
+                self.check_endpoint(endpoint);
                 if self.attempt.is_some() {
                     self.fail("a second connect attempt while one runs".into());
                 }
@@ -259,6 +260,9 @@ impl Sim {
             Output::Receipt(cell, status) => self.receipt(&cell, status),
             Output::State(s) => {
                 self.note(|| format!("state {s:?}"));
+                if s == LinkState::Open {
+                    self.endpoints.opened = true;
+                }
                 self.state = Some(s);
             }
             Output::JournalDrop(id) => self.journal_drop(id),
@@ -402,6 +406,32 @@ impl Sim {
     }
 
     /// The connect attempt in progress succeeds.
+    /// Endpoints: an attempt that fails moves to the next one; a link that
+    /// was open retries its own (an attempt a pause abandoned may do either).
+    fn check_endpoint(&mut self, endpoint: usize) {
+        let e = &mut self.endpoints;
+        if let Some(prev) = e.last
+            && !e.paused
+        {
+            let want = if e.opened {
+                prev
+            } else {
+                (prev + 1) % super::ENDPOINTS
+            };
+            if endpoint != want {
+                let opened = e.opened;
+                self.fail(format!(
+                    "attempt on endpoint {endpoint} after one on {prev} (open between: {opened}); want {want}"
+                ));
+            }
+        }
+        self.endpoints = super::Endpoints {
+            last: Some(endpoint),
+            opened: false,
+            paused: false,
+        };
+    }
+
     pub(super) fn connect_ok(&mut self) {
         if self.attempt.take().is_some() {
             let id = self.session.handle_connected(self.now);

@@ -241,6 +241,7 @@ pub struct Sim {
     closing: bool,
     /// The caller paused the link and has not resumed it.
     app_paused: bool,
+    endpoints: Endpoints,
     close_deadline: Option<Instant>,
     /// The session ended for good.
     ended: bool,
@@ -297,6 +298,20 @@ fn login_timeout(cfg: &SimConfig) -> Duration {
     }
 }
 
+/// Endpoints the link goes round: an attempt that fails moves to the next.
+const ENDPOINTS: usize = 2;
+
+/// What the model knows of the endpoints since the last attempt began.
+#[derive(Debug, Default)]
+struct Endpoints {
+    /// The endpoint of the last attempt of this process.
+    last: Option<usize>,
+    /// The link was open since.
+    opened: bool,
+    /// The caller paused since.
+    paused: bool,
+}
+
 /// The session's rules for a setup (scaled down: a second of heartbeat).
 fn rules(cfg: &SimConfig) -> Arc<Rules> {
     let ms = Duration::from_millis;
@@ -334,6 +349,7 @@ fn rules(cfg: &SimConfig) -> Arc<Rules> {
         window: (16, 4096),
         durable: cfg.durable,
         track_cap: cfg.track_cap,
+        endpoints: ENDPOINTS,
     })
 }
 
@@ -382,6 +398,7 @@ impl Sim {
             state: None,
             closing: false,
             app_paused: false,
+            endpoints: Endpoints::default(),
             close_deadline: None,
             ended: false,
             finished: false,
@@ -494,6 +511,7 @@ impl Sim {
             Step::Restart(ms) => self.restart(*ms),
             Step::Pause => {
                 self.app_paused = true;
+                self.endpoints.paused = true;
                 self.cmds.push_back(Command::Pause);
             }
             Step::Resume => {

@@ -267,6 +267,7 @@ impl Sim {
         let rules = rules(&self.cfg);
         // A new process is not paused: pausing is the app's, in memory.
         self.app_paused = false;
+        self.endpoints = super::Endpoints::default();
         self.session = Session::new(rules, budget.clone(), counters.clone(), rec.items);
         self.budget = budget;
         self.counters = counters;

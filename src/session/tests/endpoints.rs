@@ -1,0 +1,46 @@
+//! Endpoints: an attempt that fails moves to the next one, round the list;
+//! a link that was open retries its own first.
+
+use super::*;
+
+fn attempt_endpoint(t: &mut Sim) -> usize {
+    t.advance(Duration::from_secs(120));
+    t.s.endpoint()
+}
+
+fn refused() -> Error {
+    Error::Connect {
+        context: "test".into(),
+        source: "refused".into(),
+    }
+}
+
+#[test]
+fn failed_attempts_go_round_the_endpoints_and_a_working_one_is_kept() {
+    let mut t = Sim::new(Rules {
+        endpoints: 3,
+        ..rules()
+    });
+    let mut tried = vec![attempt_endpoint(&mut t)];
+    for _ in 0..3 {
+        t.s.handle_connect_failed(t.now, refused());
+        t.perform();
+        tried.push(attempt_endpoint(&mut t));
+    }
+    assert_eq!(tried, [0, 1, 2, 0], "round the list");
+    // Endpoint 0 works, then drops: it is tried again first.
+    t.s.handle_connected(t.now);
+    t.perform();
+    t.advance(Duration::from_secs(10));
+    t.frame(Inbound::Close(Some(1001)));
+    assert_eq!(attempt_endpoint(&mut t), 0);
+    // A failed on_open step is a failed attempt.
+    let mut t = Sim::new(Rules {
+        endpoints: 2,
+        on_open: true,
+        ..rules()
+    });
+    let conn = t.connect();
+    t.hook_done(conn, Err(Error::Timeout(Duration::ZERO)));
+    assert_eq!(attempt_endpoint(&mut t), 1);
+}
