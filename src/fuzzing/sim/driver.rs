@@ -15,7 +15,7 @@ use super::{HookVerdict, Sim};
 use crate::command::{Command, Event};
 use crate::delivery::ReceiptCell;
 use crate::session::{Inbound, Output, Transmit, Written};
-use crate::{Error, Failure, LinkState, Status};
+use crate::{Cause, Error, Failure, LinkState, Status};
 
 impl Sim {
     /// One turn of the I/O loop, as `Io::run` and `Io::service` do it.
@@ -59,8 +59,14 @@ impl Sim {
                 self.reply_read(conn, t.as_str());
             }
             self.quiet_from = now;
+            let close = matches!(inbound, Inbound::Close(_));
             self.session.handle_frame(now, inbound);
             self.perform();
+            if close {
+                self.check_cause("the server's Close", |c| {
+                    matches!(c, Cause::ServerClosed { code: Some(1000) })
+                });
+            }
         }
         self.journal_acks();
         self.judge_time();
@@ -260,6 +266,14 @@ impl Sim {
             Output::Receipt(cell, status) => self.receipt(&cell, status),
             Output::State(s) => {
                 self.note(|| format!("state {s:?}"));
+                // A working link that drops retries within the spread.
+                if let LinkState::Backoff {
+                    attempt: 0, delay, ..
+                } = &s
+                    && *delay > super::SPREAD
+                {
+                    self.fail(format!("a first retry {delay:?} away, past the spread"));
+                }
                 if s == LinkState::Open {
                     self.endpoints.opened = true;
                 }
@@ -406,6 +420,16 @@ impl Sim {
     }
 
     /// The connect attempt in progress succeeds.
+    /// The state says why the link dropped: if it now waits to retry, the
+    /// cause is the one that just happened.
+    fn check_cause(&self, what: &str, fits: impl Fn(&Cause) -> bool) {
+        if let Some(LinkState::Backoff { cause, .. }) = &self.state
+            && !fits(cause)
+        {
+            self.fail(format!("after {what}, the backoff's cause is {cause:?}"));
+        }
+    }
+
     /// Endpoints: an attempt that fails moves to the next one; a link that
     /// was open retries its own (an attempt a pause abandoned may do either).
     fn check_endpoint(&mut self, endpoint: usize) {
@@ -465,6 +489,7 @@ impl Sim {
             self.failed_in_a_row += 1;
             self.session.handle_connect_failed(self.now, e);
             self.perform();
+            self.check_cause("a failed attempt", |c| matches!(c, Cause::ConnectFailed(_)));
         }
     }
 

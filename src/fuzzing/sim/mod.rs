@@ -298,6 +298,9 @@ fn login_timeout(cfg: &SimConfig) -> Duration {
     }
 }
 
+/// The first retry after a working link drops comes within this.
+const SPREAD: Duration = Duration::from_millis(50);
+
 /// Endpoints the link goes round: an attempt that fails moves to the next.
 const ENDPOINTS: usize = 2;
 
@@ -330,7 +333,7 @@ fn rules(cfg: &SimConfig) -> Arc<Rules> {
             max: ms(2000),
             healthy_after: ms(1000),
             max_attempts: cfg.max_attempts,
-            spread: ms(50),
+            spread: SPREAD,
         },
         retry_rejections: false,
         connect_timeout: if cfg.unlimited {
