@@ -111,3 +111,20 @@ fn close_while_paused_hands_back_what_is_queued() {
     assert_eq!(unsent.len(), 1);
     assert_eq!(t.state(), LinkState::Closed(CloseReason::Requested));
 }
+
+#[test]
+fn a_link_that_ended_for_good_stays_ended_through_pause_and_resume() {
+    let mut t = Sim::new(rules());
+    t.advance(Duration::ZERO);
+    t.s.handle_connect_failed(t.now, Error::Rejected { status: 403 });
+    t.perform();
+    let ended = t.state();
+    assert!(matches!(ended, LinkState::Closed(_)), "{ended:?}");
+    t.s.handle_command(t.now, Command::Pause);
+    t.perform();
+    assert_eq!(t.state(), ended, "a pause does not revive it");
+    t.s.handle_command(t.now, Command::Resume);
+    t.advance(Duration::from_secs(60));
+    assert_eq!(t.state(), ended);
+    assert_eq!(t.connects.len(), 1, "no attempt after the end");
+}
