@@ -64,3 +64,47 @@ fn the_window_also_counts_bytes_and_lets_one_large_message_through() {
     }
     assert_eq!(texts(plain.write()).len(), 5);
 }
+
+#[test]
+fn each_acknowledgement_frees_exactly_its_own_bytes() {
+    let mut t = Sim::new(Rules {
+        window: (100, 30),
+        ..acked_rules()
+    });
+    t.connect();
+    with_ids(&mut t, 1..=6);
+    assert_eq!(texts(t.write()).len(), 3, "36 bytes reach 30");
+    t.text(r#"{"Operator":"Ack","msgId":1}"#);
+    assert_eq!(
+        texts(t.write()),
+        [r#"{"msgId":4}"#],
+        "24 bytes left: room for one more"
+    );
+}
+
+#[test]
+fn messages_dropped_for_room_leave_the_window_too() {
+    let mut t = Sim::with_outbox(
+        Rules {
+            window: (100, 25),
+            overflow: Overflow::DropOldest,
+            ..acked_rules()
+        },
+        2,
+    );
+    t.connect();
+    for id in 1..=4 {
+        // As `send` admits it under drop-oldest: room taken past the bound.
+        let mut item = Item::new(format!(r#"{{"msgId":{id}}}"#));
+        t.budget.force_reserve(item.weight);
+        item.id = Some(id);
+        t.s.handle_command(t.now, Command::Send(item));
+        t.perform();
+        // Each new message drops the oldest written one (room for 2).
+        assert_eq!(
+            texts(t.write()),
+            [format!(r#"{{"msgId":{id}}}"#)],
+            "message {id} is written: what was dropped holds no window"
+        );
+    }
+}
