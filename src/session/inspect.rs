@@ -46,4 +46,10 @@ impl Session {
         let again = |i: &&crate::command::Item| i.written && i.reply.is_some();
         self.outbox.iter().filter(again).count()
     }
+
+    /// Whether the warning that no acknowledgement comes was given.
+    #[cfg(test)]
+    pub(crate) fn warned_of_silence(&self) -> bool {
+        self.ack_warned
+    }
 }

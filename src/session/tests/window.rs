@@ -108,3 +108,25 @@ fn messages_dropped_for_room_leave_the_window_too() {
         );
     }
 }
+
+#[test]
+fn a_server_that_never_acknowledges_is_named_once_at_half_the_outbox() {
+    // An outbox of 10: the warning comes at 5 written and unacknowledged.
+    let mut t = Sim::with_outbox(acked_rules(), 10);
+    t.connect();
+    with_ids(&mut t, 1..=4);
+    t.write();
+    assert!(!t.s.warned_of_silence(), "4 of 10: not yet");
+    with_ids(&mut t, 5..=5);
+    t.write();
+    assert!(t.s.warned_of_silence(), "5 of 10");
+    // Once an acknowledgement has come, silence is not the server's way.
+    let mut t = Sim::with_outbox(acked_rules(), 10);
+    t.connect();
+    with_ids(&mut t, 1..=1);
+    t.write();
+    t.text(r#"{"Operator":"Ack","msgId":1}"#);
+    with_ids(&mut t, 2..=8);
+    t.write();
+    assert!(!t.s.warned_of_silence());
+}
