@@ -128,3 +128,28 @@ fn a_link_that_ended_for_good_stays_ended_through_pause_and_resume() {
     assert_eq!(t.state(), ended);
     assert_eq!(t.connects.len(), 1, "no attempt after the end");
 }
+
+#[test]
+fn a_resume_starts_the_backoff_afresh() {
+    let mut t = Sim::new(rules());
+    let refused = || Error::Connect {
+        context: "test".into(),
+        source: "refused".into(),
+    };
+    for _ in 0..3 {
+        t.advance(Duration::from_secs(120));
+        t.s.handle_connect_failed(t.now, refused());
+        t.perform();
+    }
+    assert!(matches!(t.state(), LinkState::Backoff { attempt: 3, .. }));
+    t.s.handle_command(t.now, Command::Pause);
+    t.s.handle_command(t.now, Command::Resume);
+    t.advance(Duration::ZERO);
+    t.s.handle_connect_failed(t.now, refused());
+    t.perform();
+    assert!(
+        matches!(t.state(), LinkState::Backoff { attempt: 1, .. }),
+        "{:?}",
+        t.state()
+    );
+}
