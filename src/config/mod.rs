@@ -5,6 +5,7 @@
 //! checks the whole configuration once, [`url`] checks and redacts URLs.
 
 mod builder;
+mod endpoints;
 mod url;
 mod validate;
 

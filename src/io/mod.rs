@@ -8,6 +8,7 @@
 //! socket is ready, a caller wakes us, or the session's next deadline. An
 //! idle link parks until its heartbeat.
 
+mod dial;
 mod park;
 mod socket;
 mod transport;
@@ -17,13 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use polling::Events;
 use tungstenite::Message as Frame;
 use tungstenite::Utf8Bytes;
 
 use crate::command::{Command, Event, Item};
-use crate::config::redact_url;
 use crate::session::{Inbound, Output, Session, Transmit, Written};
 use crate::shared::Shared;
 use crate::{Error, InvalidFrame};
@@ -188,84 +188,6 @@ impl Io {
                 Output::Ended => self.shared.refusing.store(true, Ordering::SeqCst),
             }
         }
-    }
-
-    /// Start a connection attempt on its own thread: a connect blocks
-    /// (TCP, proxy, TLS, upgrade, up to `deadline`; DNS without one), and
-    /// `close` must not wait for it.
-    fn dial(&mut self, now: Instant, deadline: Instant, endpoint: usize) {
-        crate::state::Counters::store(&self.shared.counters.endpoint, endpoint as u64);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("longlink-connect".into())
-            .spawn(move || {
-                let result = transport::connect(&shared.cfg, endpoint, deadline);
-                // Abandoned (close, or too late): the socket closes here.
-                let _ = tx.send(result);
-                shared.wake();
-            });
-        match spawned {
-            Ok(_) => self.attempt = Some(rx),
-            Err(e) => {
-                let e = Error::Connect {
-                    context: "spawning the connect thread".into(),
-                    source: Box::new(e),
-                };
-                self.session.handle_connect_failed(now, e);
-            }
-        }
-    }
-
-    /// Take the attempt's answer if it has come.
-    fn take_attempt(&mut self, now: Instant) {
-        let answer = match self.attempt.as_ref().map(Receiver::try_recv) {
-            None | Some(Err(TryRecvError::Empty)) => return,
-            Some(Ok(answer)) => answer,
-            Some(Err(TryRecvError::Disconnected)) => Err(Error::Connect {
-                context: "connecting".into(),
-                source: "the connect thread ended without an answer".into(),
-            }),
-        };
-        self.attempt = None;
-        let registered = answer.and_then(|ws| {
-            self.sock_keys += 1;
-            Socket::register(self.sock_keys, ws, self.shared.poller.clone()).map_err(|e| {
-                Error::Connect {
-                    context: "registering the socket".into(),
-                    source: Box::new(e),
-                }
-            })
-        });
-        match registered {
-            Ok(sock) => {
-                let cfg = &self.shared.cfg;
-                let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
-                    format!(" through proxy {}:{}", p.host, p.port)
-                });
-                let endpoint = cfg
-                    .endpoints
-                    .get(self.session.endpoint())
-                    .unwrap_or(&cfg.url);
-                log::info!("longlink: connected to {}{via}", redact_url(endpoint));
-                // The first reads and writes (TLS) may run deep.
-                self.stack_dirty = true;
-                self.sock = Some(sock);
-                let id = self.session.handle_connected(now);
-                self.shared.live_conn.store(id, Ordering::Release);
-            }
-            Err(e) => {
-                let cfg = &self.shared.cfg;
-                let url = redact_url(
-                    cfg.endpoints
-                        .get(self.session.endpoint())
-                        .unwrap_or(&cfg.url),
-                );
-                log::warn!("longlink: connecting to {url} failed: {}", e.describe());
-                self.session.handle_connect_failed(now, e);
-            }
-        }
-        self.perform(now);
     }
 
     fn read(&mut self, now: Instant) -> Result<(), String> {

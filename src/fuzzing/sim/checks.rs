@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{Msg, Sim};
 use crate::state::Stats;
-use crate::{Error, Failure, LinkState, Message, Status};
+use crate::{Cause, Error, Failure, LinkState, Message, Status};
 
 impl Sim {
     /// The client is about to read `text` on `conn`: a request's own
@@ -106,6 +106,42 @@ impl Sim {
     }
 
     /// After every step.
+    /// The state says why the link dropped: if it now waits to retry, the
+    /// cause is the one that just happened.
+    pub(super) fn check_cause(&self, what: &str, fits: impl Fn(&Cause) -> bool) {
+        if let Some(LinkState::Backoff { cause, .. }) = &self.state
+            && !fits(cause)
+        {
+            self.fail(format!("after {what}, the backoff's cause is {cause:?}"));
+        }
+    }
+
+    /// Endpoints: an attempt that fails moves to the next one; a link that
+    /// was open retries its own (an attempt a pause abandoned may do either).
+    pub(super) fn check_endpoint(&mut self, endpoint: usize) {
+        let e = &mut self.endpoints;
+        if let Some(prev) = e.last
+            && !e.paused
+        {
+            let want = if e.opened {
+                prev
+            } else {
+                (prev + 1) % super::ENDPOINTS
+            };
+            if endpoint != want {
+                let opened = e.opened;
+                self.fail(format!(
+                    "attempt on endpoint {endpoint} after one on {prev} (open between: {opened}); want {want}"
+                ));
+            }
+        }
+        self.endpoints = super::Endpoints {
+            last: Some(endpoint),
+            opened: false,
+            paused: false,
+        };
+    }
+
     pub(super) fn check(&self) {
         // Paused: no connection, no attempt, and (unless something queued
         // may run out of time, or close waits) no timer: the thread sleeps.

@@ -420,42 +420,6 @@ impl Sim {
     }
 
     /// The connect attempt in progress succeeds.
-    /// The state says why the link dropped: if it now waits to retry, the
-    /// cause is the one that just happened.
-    fn check_cause(&self, what: &str, fits: impl Fn(&Cause) -> bool) {
-        if let Some(LinkState::Backoff { cause, .. }) = &self.state
-            && !fits(cause)
-        {
-            self.fail(format!("after {what}, the backoff's cause is {cause:?}"));
-        }
-    }
-
-    /// Endpoints: an attempt that fails moves to the next one; a link that
-    /// was open retries its own (an attempt a pause abandoned may do either).
-    fn check_endpoint(&mut self, endpoint: usize) {
-        let e = &mut self.endpoints;
-        if let Some(prev) = e.last
-            && !e.paused
-        {
-            let want = if e.opened {
-                prev
-            } else {
-                (prev + 1) % super::ENDPOINTS
-            };
-            if endpoint != want {
-                let opened = e.opened;
-                self.fail(format!(
-                    "attempt on endpoint {endpoint} after one on {prev} (open between: {opened}); want {want}"
-                ));
-            }
-        }
-        self.endpoints = super::Endpoints {
-            last: Some(endpoint),
-            opened: false,
-            paused: false,
-        };
-    }
-
     pub(super) fn connect_ok(&mut self) {
         if self.attempt.take().is_some() {
             let id = self.session.handle_connected(self.now);

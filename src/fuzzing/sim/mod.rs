@@ -43,12 +43,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tungstenite::Utf8Bytes;
-
-use crate::backoff::BackoffPolicy;
 use crate::command::Command;
 use crate::outbox::Budget;
-use crate::session::{Output, Rules, Session};
+use crate::session::{Output, Session};
 use crate::state::Counters;
 use crate::{LinkState, Overflow};
 use caller::Blocked;
@@ -56,6 +53,9 @@ pub use model::Figures;
 use model::{Msg, Req};
 use net::{Down, Flight, Up};
 use restart::Disk;
+use rules::{
+    ENDPOINTS, Endpoints, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, SPREAD, login_timeout, rules,
+};
 use server::Server;
 
 mod caller;
@@ -65,6 +65,7 @@ mod model;
 mod net;
 mod reading;
 mod restart;
+mod rules;
 mod server;
 
 /// The setup of one simulated link.
@@ -284,77 +285,6 @@ impl fmt::Debug for Sim {
 }
 
 const LOG_KEEP: usize = 60;
-/// The heartbeat, scaled down: a probe after a second of silence, the
-/// peer dead if nothing answers it within half a second.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// How long the `on_open` step may take.
-fn login_timeout(cfg: &SimConfig) -> Duration {
-    if cfg.unlimited {
-        Duration::MAX
-    } else {
-        Duration::from_millis(1500)
-    }
-}
-
-/// The first retry after a working link drops comes within this.
-const SPREAD: Duration = Duration::from_millis(50);
-
-/// Endpoints the link goes round: an attempt that fails moves to the next.
-const ENDPOINTS: usize = 2;
-
-/// What the model knows of the endpoints since the last attempt began.
-#[derive(Debug, Default)]
-struct Endpoints {
-    /// The endpoint of the last attempt of this process.
-    last: Option<usize>,
-    /// The link was open since.
-    opened: bool,
-    /// The caller paused since.
-    paused: bool,
-}
-
-/// The session's rules for a setup (scaled down: a second of heartbeat).
-fn rules(cfg: &SimConfig) -> Arc<Rules> {
-    let ms = Duration::from_millis;
-    Arc::new(Rules {
-        heartbeat_interval: HEARTBEAT_INTERVAL,
-        heartbeat_timeout: HEARTBEAT_TIMEOUT,
-        app_heartbeat: cfg.app_heartbeat.then(|| {
-            (
-                Utf8Bytes::from_static(r#"{"Operator":"Heart"}"#),
-                "HeartOK".into(),
-            )
-        }),
-        app_heartbeat_dispatch: false,
-        backoff: BackoffPolicy {
-            min: ms(100),
-            max: ms(2000),
-            healthy_after: ms(1000),
-            max_attempts: cfg.max_attempts,
-            spread: SPREAD,
-        },
-        retry_rejections: false,
-        connect_timeout: if cfg.unlimited {
-            Duration::MAX
-        } else {
-            ms(1000)
-        },
-        login_timeout: login_timeout(cfg),
-        on_open: cfg.on_open,
-        overflow: cfg.overflow,
-        operator_field: "Operator".into(),
-        error_suffix: "Error".into(),
-        correlation_field: cfg.by_id.then(|| "reqId".into()),
-        acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
-        // Small, so that the window fills and frees often.
-        window: (16, 4096),
-        durable: cfg.durable,
-        track_cap: cfg.track_cap,
-        endpoints: ENDPOINTS,
-    })
-}
 
 impl Sim {
     /// A link that starts now (the only read of the real clock).
