@@ -166,12 +166,7 @@ impl Sim {
                 errors: vec![format!("{}Error", reply.trim_end_matches("OK"))],
             },
             deadline: self.now + timeout,
-            waiter: Waiter {
-                tx,
-                errors: Vec::new(),
-                retry: None,
-                written_at: 0,
-            },
+            waiter: waiter(tx),
             idempotent: false,
         }));
         self.s.handle_command(self.now, Command::Send(item));
@@ -210,6 +205,17 @@ impl Sim {
 
     fn pong(&mut self, seq: u64) {
         self.frame(Inbound::Pong(seq.to_be_bytes().to_vec()));
+    }
+}
+
+/// A caller waiting on `tx`, fresh (no error operators of its own, not
+/// written yet).
+fn waiter(tx: crossbeam_channel::Sender<Result<Message, Error>>) -> Waiter {
+    Waiter {
+        tx,
+        errors: Vec::new(),
+        retry: None,
+        written_at: 0,
     }
 }
 
@@ -336,12 +342,7 @@ fn a_hook_message_for_a_connection_that_is_gone_fails_with_connection_lost() {
     item.reply = Some(Box::new(ReplyTo {
         key: Key::Id(1),
         deadline: t.now + Duration::from_secs(1),
-        waiter: Waiter {
-            tx,
-            errors: Vec::new(),
-            retry: None,
-            written_at: 0,
-        },
+        waiter: waiter(tx),
         idempotent: false,
     }));
     t.s.handle_command(

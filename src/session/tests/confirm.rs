@@ -20,12 +20,7 @@ fn idempotent_request(t: &mut Sim, timeout: Duration) -> Receiver<Result<Message
             errors: Vec::new(),
         },
         deadline: t.now + timeout,
-        waiter: Waiter {
-            tx,
-            errors: Vec::new(),
-            retry: None,
-            written_at: 0,
-        },
+        waiter: waiter(tx),
         idempotent: true,
     }));
     t.s.handle_command(t.now, Command::Send(item));

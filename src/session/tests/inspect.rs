@@ -50,12 +50,7 @@ fn the_requeued_view_counts_only_requests_written_before() {
             errors: Vec::new(),
         },
         deadline: t.now + Duration::from_secs(30),
-        waiter: Waiter {
-            tx,
-            errors: Vec::new(),
-            retry: None,
-            written_at: 0,
-        },
+        waiter: waiter(tx),
         idempotent: true,
     }));
     t.s.handle_command(t.now, Command::Send(item));
