@@ -164,7 +164,7 @@ impl Shared {
         let route = self.route(route);
         let stamp = self.stamps(route, opts);
         let op_field = &self.cfg.rules.operator_field;
-        let ours = [&self.cfg.msg_id_field, self.cfg.msg_run_field.as_str()];
+        let ours: [&str; 2] = [&self.cfg.msg_id_field, &self.cfg.msg_run_field];
         let avoid: &[&str] = if stamp { &ours } else { &[] };
         let mut item = match crate::message::encode_direct(&msg, op_field, avoid)? {
             Some(text) => Item::new(text),
@@ -173,7 +173,7 @@ impl Shared {
                 let mut value = self.to_value(msg)?;
                 if stamp && let Some(obj) = value.as_object_mut() {
                     obj.remove(&*self.cfg.msg_id_field);
-                    obj.remove(&self.cfg.msg_run_field);
+                    obj.remove(&*self.cfg.msg_run_field);
                 }
                 Item::from_string(crate::message::encode(value, op_field)?.0)
             }

@@ -18,8 +18,10 @@ pub(crate) struct Sequencer {
 /// What a client starts with.
 pub(crate) struct Start {
     /// Ids (and the journal), under at least once.
-    pub(crate) seq: Option<Mutex<Sequencer>>,
-    /// `"msgRun":R,"msgId":` ready to splice into a message.
+    /// Boxed: most links do without, and the shared state stays small.
+    pub(crate) seq: Option<Box<Mutex<Sequencer>>>,
+    /// `"msgRun":R,"msgId":` ready to splice into a message (empty without
+    /// ids).
     pub(crate) stamp_key: String,
     /// Messages recovered from the journal, to be sent first.
     pub(crate) initial: Vec<Item>,
@@ -78,19 +80,21 @@ pub(crate) fn start(cfg: &Config) -> Result<Start, Error> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         let next = journal.as_ref().map_or(clock, |j| j.next_id().max(clock));
-        Some((run, Mutex::new(Sequencer { next, journal })))
+        Some((run, Box::new(Mutex::new(Sequencer { next, journal }))))
     } else {
         None
     };
-    let (run, seq) = match seq {
-        Some((run, seq)) => (run, Some(seq)),
-        None => (0, None),
+    let (stamp_key, seq) = match seq {
+        Some((run, seq)) => {
+            let key = format!(
+                "{}:{run},{}:",
+                serde_json::to_string(&cfg.msg_run_field).unwrap_or_default(),
+                serde_json::to_string(&*cfg.msg_id_field).unwrap_or_default()
+            );
+            (key, Some(seq))
+        }
+        None => (String::new(), None),
     };
-    let stamp_key = format!(
-        "{}:{run},{}:",
-        serde_json::to_string(&cfg.msg_run_field).unwrap_or_default(),
-        serde_json::to_string(&*cfg.msg_id_field).unwrap_or_default()
-    );
     Ok(Start {
         seq,
         stamp_key,

@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     pub(crate) dispatcher_id: OnceLock<ThreadId>,
     /// At-least-once: ids (and the journal). Held from stamping to the push,
     /// so the outbox order is the id order.
-    pub(crate) seq: Option<Mutex<Sequencer>>,
+    pub(crate) seq: Option<Box<Mutex<Sequencer>>>,
     /// `"msgRun":R,"msgId":` ready to splice into a message: the run is
     /// fixed for the client's life.
     pub(crate) stamp_key: String,
@@ -71,8 +71,7 @@ impl Shared {
             .counters
             .endpoint
             .load(std::sync::atomic::Ordering::Relaxed) as usize;
-        let url = self.cfg.endpoints.get(i).unwrap_or(&self.cfg.url);
-        stats.endpoint = crate::config::redact_url(url);
+        stats.endpoint = crate::config::redact_url(self.cfg.endpoint(i));
         stats
     }
 

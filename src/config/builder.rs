@@ -252,7 +252,7 @@ impl ClientBuilder {
     /// Suffix of the reply operator: `X` is answered by `X` + suffix.
     /// Defaults to `"OK"`.
     pub fn reply_suffix(mut self, s: impl Into<String>) -> Self {
-        self.cfg.reply_suffix = s.into();
+        self.cfg.reply_suffix = s.into().into();
         self
     }
 
@@ -376,7 +376,7 @@ impl ClientBuilder {
     /// the highest is a duplicate (drop it, still acknowledge it).
     /// Acknowledgements carry only the id. Defaults to `"msgRun"`.
     pub fn message_run_field(mut self, field: impl Into<String>) -> Self {
-        self.cfg.msg_run_field = field.into();
+        self.cfg.msg_run_field = field.into().into();
         self
     }
 
@@ -434,7 +434,7 @@ impl ClientBuilder {
     /// [`proxy_from_env`](Self::proxy_from_env). Defaults to none.
     pub fn proxy(mut self, url: &str) -> Self {
         match HttpProxy::parse(url) {
-            Ok(p) => self.cfg.proxy = Some(p),
+            Ok(p) => self.cfg.proxy = Some(Box::new(p)),
             Err(e) => self.problems.push(format!("proxy: {e}")),
         }
         self

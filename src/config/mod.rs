@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dispatch::Registry;
-use crate::session::Rules;
+use crate::session::{Name, Rules};
 use crate::tunnel::HttpProxy;
 use crate::{Error, JournalSync, Link};
 
@@ -31,7 +31,8 @@ pub(crate) type UrlFn = dyn Fn(&str) -> String + Send + Sync;
 pub(crate) struct Config {
     /// The first endpoint (shown in `Debug` and logs, redacted).
     pub(crate) url: String,
-    /// Every endpoint, in order, checked and normalised (the first is `url`).
+    /// Every endpoint, in order, checked and normalised (the first is
+    /// `url`); empty when there is only `url` (one allocation less per link).
     pub(crate) endpoints: Vec<String>,
     /// Computes each attempt's URL from its endpoint.
     pub(crate) url_fn: Option<Arc<UrlFn>>,
@@ -40,7 +41,7 @@ pub(crate) struct Config {
     pub(crate) outbox_capacity: usize,
     pub(crate) outbox_max_bytes: usize,
     pub(crate) on_open: Option<Arc<OpenHook>>,
-    pub(crate) reply_suffix: String,
+    pub(crate) reply_suffix: Name,
     pub(crate) request_timeout: Duration,
     pub(crate) dispatch_capacity: usize,
     pub(crate) max_message_size: usize,
@@ -50,16 +51,17 @@ pub(crate) struct Config {
     /// names, the in-flight window), shared with the session.
     pub(crate) rules: Arc<Rules>,
     pub(crate) at_least_once: bool,
-    pub(crate) ack_operator: Arc<str>,
-    pub(crate) msg_id_field: Arc<str>,
-    pub(crate) msg_run_field: String,
+    pub(crate) ack_operator: Name,
+    pub(crate) msg_id_field: Name,
+    pub(crate) msg_run_field: Name,
     pub(crate) journal: Option<PathBuf>,
     pub(crate) journal_sync: JournalSync,
     #[cfg(feature = "native-tls")]
     pub(crate) tls_roots: Vec<native_tls::Certificate>,
     pub(crate) accept_invalid_certs: bool,
     /// The CONNECT proxy, explicit or (after `validate`) from the environment.
-    pub(crate) proxy: Option<HttpProxy>,
+    /// Boxed: most links have none.
+    pub(crate) proxy: Option<Box<HttpProxy>>,
     pub(crate) proxy_from_env: bool,
 }
 
@@ -67,15 +69,20 @@ impl Config {
     /// The URL of an attempt on endpoint `i`: computed by `url_with` (and
     /// checked: a bad one fails the attempt, it never panics) or as given.
     pub(crate) fn attempt_url(&self, i: usize) -> Result<String, Error> {
-        let endpoint = self.endpoints.get(i).unwrap_or(&self.url);
+        let endpoint = self.endpoint(i);
         match &self.url_fn {
             // A transient failure: the next attempt calls it again.
             Some(f) => url::check_url(&f(endpoint)).map_err(|why| Error::Connect {
                 context: "computing the URL (url_with)".into(),
                 source: why.into(),
             }),
-            None => Ok(endpoint.clone()),
+            None => Ok(endpoint.to_owned()),
         }
+    }
+
+    /// Endpoint `i`, as checked (the first is `url`).
+    pub(crate) fn endpoint(&self, i: usize) -> &str {
+        self.endpoints.get(i).unwrap_or(&self.url)
     }
 }
 
@@ -85,10 +92,8 @@ impl fmt::Debug for Config {
             .field("url", &redact_url(&self.url))
             .field(
                 "endpoints",
-                &self
-                    .endpoints
-                    .iter()
-                    .map(|u| redact_url(u))
+                &(0..self.endpoints.len().max(1))
+                    .map(|i| redact_url(self.endpoint(i)))
                     .collect::<Vec<_>>(),
             )
             .field("url_with", &self.url_fn.is_some())

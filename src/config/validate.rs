@@ -100,7 +100,7 @@ impl ClientBuilder {
             if r.is_empty()
                 || **r == **f
                 || **r == *c.rules.operator_field
-                || c.rules.correlation_field.as_deref() == Some(r.as_str())
+                || c.rules.correlation_field.as_deref() == Some(&**r)
             {
                 self.problems.push(
                     "message_run_field must be a non-empty field other than the operator, correlation and message id fields".into(),
@@ -115,7 +115,7 @@ impl ClientBuilder {
             }
         }
         if from_env.is_some() {
-            self.cfg.proxy = from_env;
+            self.cfg.proxy = from_env.map(Box::new);
         }
         // What the rules derive from the rest of the configuration.
         let c = &mut self.cfg;
@@ -128,8 +128,12 @@ impl ClientBuilder {
         rules.endpoints = c.endpoints.len().max(1);
         // Every connect uses the checked, normalised URLs.
         if let Some(url) = url {
-            self.cfg.url = url.clone();
-            self.cfg.endpoints = std::iter::once(url).chain(more).collect();
+            self.cfg.endpoints = if more.is_empty() {
+                Vec::new()
+            } else {
+                std::iter::once(url.clone()).chain(more).collect()
+            };
+            self.cfg.url = url;
         }
         if self.problems.is_empty() {
             Ok(self.cfg)
@@ -154,6 +158,28 @@ mod tests {
         assert!(
             matches!(&e, Error::InvalidConfig(w) if w.contains("ws://127.0.0.1:99999")),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn endpoints_are_checked_normalised_and_the_first_is_the_url() {
+        let one = ClientBuilder::new("WS://a.example/ws").validate().unwrap();
+        assert_eq!(one.endpoint(0), "ws://a.example/ws");
+        assert!(one.endpoints.is_empty(), "one URL needs no list");
+        let two = ClientBuilder::new("ws://ignored.example")
+            .endpoints(["WS://a.example/ws", "WSS://b.example/ws"])
+            .validate()
+            .unwrap();
+        assert_eq!(two.url, "ws://a.example/ws");
+        assert_eq!(
+            [two.endpoint(0), two.endpoint(1)],
+            ["ws://a.example/ws", "wss://b.example/ws"]
+        );
+        assert_eq!(two.rules.endpoints, 2);
+        let shown = format!("{two:?}");
+        assert!(
+            shown.contains(r#"["ws://a.example/ws", "wss://b.example/ws"]"#),
+            "{shown}"
         );
     }
 

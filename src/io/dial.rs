@@ -42,6 +42,7 @@ impl Io {
     }
 
     /// Take the attempt's answer if it has come.
+    #[inline(never)]
     pub(super) fn take_attempt(&mut self, now: Instant) {
         let answer = match self.attempt.as_ref().map(Receiver::try_recv) {
             None | Some(Err(TryRecvError::Empty)) => return,
@@ -67,10 +68,7 @@ impl Io {
                 let via = cfg.proxy.as_ref().map_or_else(String::new, |p| {
                     format!(" through proxy {}:{}", p.host, p.port)
                 });
-                let endpoint = cfg
-                    .endpoints
-                    .get(self.session.endpoint())
-                    .unwrap_or(&cfg.url);
+                let endpoint = cfg.endpoint(self.session.endpoint());
                 log::info!("longlink: connected to {}{via}", redact_url(endpoint));
                 // The first reads and writes (TLS) may run deep.
                 self.stack_dirty = true;
@@ -80,11 +78,7 @@ impl Io {
             }
             Err(e) => {
                 let cfg = &self.shared.cfg;
-                let url = redact_url(
-                    cfg.endpoints
-                        .get(self.session.endpoint())
-                        .unwrap_or(&cfg.url),
-                );
+                let url = redact_url(cfg.endpoint(self.session.endpoint()));
                 log::warn!("longlink: connecting to {url} failed: {}", e.describe());
                 self.session.handle_connect_failed(now, e);
             }

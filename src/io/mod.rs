@@ -53,30 +53,11 @@ pub(crate) fn run(
     dispatch: Sender<Event>,
     recovered: Vec<Item>,
 ) {
+    // This frame lives as long as the thread: keep it small, so that an
+    // idle link's stack fits in two pages (the connection state is on the
+    // heap, and built in a frame of its own).
     let stack_top = crate::stack::Top::here();
-    let session = Session::new(
-        shared.cfg.rules.clone(),
-        shared.budget.clone(),
-        shared.counters.clone(),
-        recovered,
-    );
-    let mut io = Io {
-        shared,
-        rx,
-        dispatch,
-        session,
-        sock: None,
-        sock_keys: 0,
-        attempt: None,
-        closing: None,
-        journal_acked: 0,
-        reserve_used: 0,
-        // One socket is registered at a time.
-        events: Events::with_capacity(NonZeroUsize::new(2).expect("2 > 0")),
-        stack_top,
-        stack_dirty: false,
-    };
-    io.run();
+    Io::new(shared, rx, dispatch, recovered, stack_top).run();
 }
 
 struct Io {
@@ -102,6 +83,42 @@ struct Io {
 }
 
 impl Io {
+    /// On the heap, and built in a frame that is gone before the loop runs.
+    #[inline(never)]
+    fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Command>,
+        dispatch: Sender<Event>,
+        recovered: Vec<Item>,
+        stack_top: crate::stack::Top,
+    ) -> Box<Io> {
+        let session = Session::new(
+            shared.cfg.rules.clone(),
+            shared.budget.clone(),
+            shared.counters.clone(),
+            recovered,
+        );
+        Box::new(Io {
+            shared,
+            rx,
+            dispatch,
+            session,
+            sock: None,
+            sock_keys: 0,
+            attempt: None,
+            closing: None,
+            journal_acked: 0,
+            reserve_used: 0,
+            // One socket is registered at a time.
+            events: Events::with_capacity(NonZeroUsize::new(2).expect("2 > 0")),
+            stack_top,
+            stack_dirty: false,
+        })
+    }
+
+    /// The steps are kept out of the loop (`#[inline(never)]`): their
+    /// temporaries live only while they run, in stack pages given back before
+    /// a long sleep, and the frames an idle link keeps stay small.
     fn run(&mut self) {
         loop {
             let now = Instant::now();
@@ -117,6 +134,7 @@ impl Io {
         }
     }
 
+    #[inline(never)]
     fn take_commands(&mut self, now: Instant) {
         for _ in 0..COMMAND_BATCH {
             let Ok(cmd) = self.rx.try_recv() else { break };
@@ -131,6 +149,7 @@ impl Io {
     }
 
     /// Read, let the session judge time, write: one turn.
+    #[inline(never)]
     fn service(&mut self, now: Instant) {
         self.resume_reading(now);
         if let Err(reason) = self.read(now) {
@@ -344,6 +363,7 @@ impl Io {
 
     /// Journal upkeep that waits for nobody: drops recorded while it was
     /// busy, the interval sync.
+    #[inline(never)]
     fn journal_turn(&mut self, now: Instant) {
         let shared = &self.shared;
         shared.try_journal(|j| {
@@ -397,6 +417,7 @@ impl Io {
     }
 
     /// Close: say goodbye, hand back what is left, release the journal, stop.
+    #[inline(never)]
     fn finish(&mut self) {
         let Some((deadline, done)) = self.closing.take() else {
             return;

@@ -47,7 +47,7 @@ use crate::state::Counters;
 use crate::{Cause, CloseReason, Error, Failure, LinkState, Message, Status};
 use conn::ConnState;
 pub(crate) use conn::TRACK_CAP;
-pub(crate) use rules::Rules;
+pub(crate) use rules::{Name, Rules};
 
 /// How long past its connect timeout an attempt may take to answer before
 /// it is given up (DNS has no timeout of its own).

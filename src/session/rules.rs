@@ -1,13 +1,17 @@
 //! The knobs of a link's rules, as the builder sets them.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tungstenite::Utf8Bytes;
 
 use crate::Overflow;
 use crate::backoff::BackoffPolicy;
+
+/// A field name or suffix: the defaults are static, so a link that keeps
+/// them allocates nothing for them.
+pub(crate) type Name = Cow<'static, str>;
 
 /// The knobs the rules need: part of the configuration, which the builder
 /// writes and the session shares (one copy per link: an idle link should
@@ -25,11 +29,11 @@ pub(crate) struct Rules {
     pub(crate) login_timeout: Duration,
     pub(crate) on_open: bool,
     pub(crate) overflow: Overflow,
-    pub(crate) operator_field: Arc<str>,
-    pub(crate) error_suffix: Arc<str>,
-    pub(crate) correlation_field: Option<Arc<str>>,
+    pub(crate) operator_field: Name,
+    pub(crate) error_suffix: Name,
+    pub(crate) correlation_field: Option<Name>,
     /// At least once: the acknowledgement's operator and id field.
-    pub(crate) acks: Option<(Arc<str>, Arc<str>)>,
+    pub(crate) acks: Option<(Name, Name)>,
     /// At least once: messages and bytes written ahead of the
     /// acknowledgements, at most (what a cut makes to write again).
     pub(crate) window: (usize, usize),
@@ -69,6 +73,26 @@ impl fmt::Debug for Rules {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
+    /// An idle link should cost little: the default names are not copied.
+    #[test]
+    fn default_names_allocate_nothing() {
+        let b = crate::Client::builder("ws://example.com").at_least_once(true);
+        let cfg = &b.cfg;
+        let names = [
+            &cfg.rules.operator_field,
+            &cfg.rules.error_suffix,
+            &cfg.reply_suffix,
+            &cfg.ack_operator,
+            &cfg.msg_id_field,
+            &cfg.msg_run_field,
+        ];
+        assert!(names.iter().all(|n| matches!(n, Cow::Borrowed(_))));
+        let custom = crate::Client::builder("ws://example.com").operator_field("op");
+        assert_eq!(custom.cfg.rules.operator_field, "op");
+    }
+
     #[test]
     fn debug_names_the_knobs_but_not_the_heartbeat_text() {
         let cfg = crate::Client::builder("ws://example.com").app_heartbeat(
