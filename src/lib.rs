@@ -56,6 +56,8 @@
 //! [`ClientBuilder::url_with`] computes the URL at every attempt (a signed
 //! URL, an expiring token); [`ClientBuilder::endpoints`] lists several URLs
 //! for one service, an attempt that fails moving to the next.
+//! [`LinkState::Connecting`] names each attempt's endpoint and
+//! [`Stats::endpoint`] the one in use.
 //!
 //! ## Receiving: closures or receivers
 //!
@@ -68,7 +70,7 @@
 //! # use std::time::Duration;
 //! # use longlink::Client;
 //! let mut builder = Client::builder("wss://example.com/ws")
-//!     .on_state(|s| println!("link: {s:?}")) // sees Connecting { attempt: 0 } too
+//!     .on_state(|s| println!("link: {s:?}")) // sees Connecting { attempt: 0, .. } too
 //!     .on("Notice", |m| println!("notice: {}", m.value()["text"]));
 //! let welcome = builder.receiver("Welcome"); // before the first connect
 //! let client = builder.connect()?;

@@ -230,7 +230,10 @@ pub(crate) fn spawn(
         sleeping: AtomicBool::new(false),
         budget: Arc::new(budget),
         counters: Arc::new(counters),
-        state: Mutex::new(LinkState::Connecting { attempt: 0 }),
+        state: Mutex::new(LinkState::Connecting {
+            attempt: 0,
+            endpoint: 0,
+        }),
         state_changed: Condvar::new(),
         last_error: Mutex::new(None),
         refusing: AtomicBool::new(false),

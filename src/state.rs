@@ -12,6 +12,11 @@ pub enum LinkState {
     Connecting {
         /// Consecutive failures before this attempt.
         attempt: u32,
+        /// Where this attempt goes: the index of its URL in
+        /// [`endpoints`](crate::ClientBuilder::endpoints) (always 0 with one
+        /// URL). The link stays on it once open;
+        /// [`Stats::endpoint`] gives its URL, redacted.
+        endpoint: usize,
     },
     /// Handshake done; the [`on_open`](crate::ClientBuilder::on_open) hook is running.
     /// Only the hook's own messages are written.

@@ -265,7 +265,7 @@ impl ClientBuilder {
     }
 
     /// As [`Client::on_state`], from the start: the first state it sees is
-    /// `Connecting { attempt: 0 }`.
+    /// `Connecting { attempt: 0, endpoint: 0 }`.
     pub fn on_state(self, f: impl FnMut(&LinkState) + Send + 'static) -> Self {
         self.registry.add_state(Box::new(f));
         self

@@ -25,13 +25,28 @@ fn a_dead_endpoint_is_passed_over_for_a_live_one() {
     init_log();
     let live = Server::start();
     let dead = format!("ws://{}/", dead_addr());
+    let (tx, states) = std::sync::mpsc::channel();
     let client = quick(&dead)
         .endpoints([dead.clone(), live.url()])
+        .on_state(move |s| {
+            let _ = tx.send(s.clone());
+        })
         .connect()
         .unwrap();
     let stats = client.stats();
     assert_eq!(stats.endpoint, live.url());
     assert!(stats.connect_failures >= 1);
+    // The state said where each attempt went: the dead one, then the live one.
+    let mut tried = Vec::new();
+    while let Ok(s) = states.recv_timeout(WAIT) {
+        match s {
+            LinkState::Connecting { endpoint, .. } => tried.push(endpoint),
+            LinkState::Open => break,
+            _ => {}
+        }
+    }
+    assert_eq!(tried.first(), Some(&0), "{tried:?}");
+    assert_eq!(tried.last(), Some(&1), "{tried:?}");
     client.close(WAIT).unwrap();
 }
 

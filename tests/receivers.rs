@@ -47,7 +47,10 @@ fn what_the_builder_registers_sees_the_first_push_and_the_first_state() {
         .contains(&LinkState::Open)));
     assert_eq!(
         states.lock().unwrap()[0],
-        LinkState::Connecting { attempt: 0 },
+        LinkState::Connecting {
+            attempt: 0,
+            endpoint: 0
+        },
         "the first state is seen"
     );
     assert_eq!(client.stats().unclaimed, 0);

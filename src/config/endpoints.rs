@@ -10,13 +10,23 @@ impl ClientBuilder {
     /// its endpoint, and after a drop tries it first. Backoff counts
     /// attempts across the list, so one dead host does not make the link
     /// hammer the next. Replaces the URL given to
-    /// [`Client::builder`](crate::Client::builder). [`Stats::endpoint`](crate::Stats::endpoint)
+    /// [`Client::builder`](crate::Client::builder). Each attempt's state,
+    /// [`LinkState::Connecting`](crate::LinkState::Connecting), names its
+    /// endpoint by index in this list; [`Stats::endpoint`](crate::Stats::endpoint)
     /// says which one is in use (redacted). Each is checked as the
     /// builder's URL is; the list must not be empty.
     ///
     /// ```no_run
-    /// let client = longlink::Client::builder("wss://a.example.com/ws")
-    ///     .endpoints(["wss://a.example.com/ws", "wss://b.example.com/ws"])
+    /// use longlink::{Client, LinkState};
+    ///
+    /// const SERVERS: [&str; 2] = ["wss://a.example.com/ws", "wss://b.example.com/ws"];
+    /// let client = Client::builder(SERVERS[0])
+    ///     .endpoints(SERVERS)
+    ///     .on_state(|s| {
+    ///         if let LinkState::Connecting { endpoint, .. } = s {
+    ///             println!("connecting to {}", SERVERS[*endpoint]);
+    ///         }
+    ///     })
     ///     .start()?;
     /// # Ok::<(), longlink::Error>(())
     /// ```

@@ -82,10 +82,14 @@ enum Phase {
 }
 
 impl Phase {
-    fn state(&self) -> LinkState {
+    /// The state callers see, with the endpoint in use.
+    fn state(&self, endpoint: usize) -> LinkState {
         match self {
             Phase::Connecting { attempt } | Phase::Dialing { attempt, .. } => {
-                LinkState::Connecting { attempt: *attempt }
+                LinkState::Connecting {
+                    attempt: *attempt,
+                    endpoint,
+                }
             }
             Phase::LoggingIn { .. } => LinkState::LoggingIn,
             Phase::Open => LinkState::Open,
@@ -340,7 +344,7 @@ impl Session {
     /// led to it (answers, receipts, the error `connect()` reports).
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front().or_else(|| {
-            let s = self.phase.state();
+            let s = self.phase.state(self.endpoint);
             (self.shown.as_ref() != Some(&s)).then(|| {
                 log::debug!("longlink: state {s:?}");
                 self.shown = Some(s.clone());

@@ -252,7 +252,13 @@ fn an_attempt_is_asked_for_at_once_and_a_connection_opens_the_link() {
     let mut t = Sim::new(rules());
     t.advance(Duration::ZERO);
     assert_eq!(t.connects.len(), 1);
-    assert_eq!(t.state(), LinkState::Connecting { attempt: 0 });
+    assert_eq!(
+        t.state(),
+        LinkState::Connecting {
+            attempt: 0,
+            endpoint: 0
+        }
+    );
     assert!(t.s.poll_timeout().is_some(), "the attempt has a deadline");
     t.s.handle_connected(t.now);
     t.perform();
@@ -411,7 +417,13 @@ fn silence_brings_a_probe_and_then_a_dead_verdict() {
     assert_eq!(t.disconnects, 1);
     // Up for longer than the flap guard: the next attempt comes at once.
     t.advance(Duration::ZERO);
-    assert_eq!(t.state(), LinkState::Connecting { attempt: 0 });
+    assert_eq!(
+        t.state(),
+        LinkState::Connecting {
+            attempt: 0,
+            endpoint: 0
+        }
+    );
     assert_eq!(t.connects.len(), 2);
     assert_eq!(
         t.counters

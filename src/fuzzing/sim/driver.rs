@@ -277,6 +277,16 @@ impl Sim {
                 if s == LinkState::Open {
                     self.endpoints.opened = true;
                 }
+                // The state names the endpoint of the attempt that runs.
+                if let LinkState::Connecting { endpoint, .. } = s
+                    && self.attempt.is_some()
+                    && self.endpoints.last != Some(endpoint)
+                {
+                    let running = self.endpoints.last;
+                    self.fail(format!(
+                        "the state names endpoint {endpoint}, the attempt runs on {running:?}"
+                    ));
+                }
                 self.state = Some(s);
             }
             Output::JournalDrop(id) => self.journal_drop(id),

@@ -3,9 +3,18 @@
 
 use super::*;
 
+/// Run to the next attempt; where it goes, as the state says it.
 fn attempt_endpoint(t: &mut Sim) -> usize {
     t.advance(Duration::from_secs(120));
-    t.s.endpoint()
+    let LinkState::Connecting { endpoint, .. } = t.state() else {
+        panic!("{:?}", t.state());
+    };
+    assert_eq!(
+        endpoint,
+        t.s.endpoint(),
+        "the state names the attempt's endpoint"
+    );
+    endpoint
 }
 
 fn refused() -> Error {

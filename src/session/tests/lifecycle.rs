@@ -19,7 +19,13 @@ fn an_attempt_that_never_answers_is_given_up_at_its_deadline() {
     let until = t.now + Duration::from_secs(10) + Duration::from_millis(500);
     assert_eq!(t.s.poll_timeout(), Some(until));
     t.advance(until - t.now - MS);
-    assert_eq!(t.state(), LinkState::Connecting { attempt: 0 });
+    assert_eq!(
+        t.state(),
+        LinkState::Connecting {
+            attempt: 0,
+            endpoint: 0
+        }
+    );
     t.advance(MS);
     let LinkState::Backoff {
         attempt: 1, delay, ..
@@ -50,7 +56,13 @@ fn a_backoff_wait_ends_exactly_at_its_deadline_with_a_new_attempt() {
     assert_eq!(t.connects.len(), 1, "still waiting");
     t.advance(MS);
     assert_eq!(t.connects.len(), 2);
-    assert_eq!(t.state(), LinkState::Connecting { attempt: 1 });
+    assert_eq!(
+        t.state(),
+        LinkState::Connecting {
+            attempt: 1,
+            endpoint: 0
+        }
+    );
 }
 
 #[test]
@@ -270,7 +282,13 @@ fn a_healthy_link_that_drops_dials_again_without_waiting() {
     t.perform();
     assert_eq!(t.disconnects, 1);
     assert!(t.s.wants_connect(), "no timer to wait for");
-    assert_eq!(t.states, [LinkState::Connecting { attempt: 0 }]);
+    assert_eq!(
+        t.states,
+        [LinkState::Connecting {
+            attempt: 0,
+            endpoint: 0
+        }]
+    );
 }
 
 #[test]
