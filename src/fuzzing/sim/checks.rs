@@ -16,6 +16,11 @@ impl Sim {
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             return;
         };
+        if v["Operator"] == "Ack"
+            && let Some(n) = v["msgId"].as_u64()
+        {
+            self.ahead.retain(|id, _| *id > n);
+        }
         let Some(k) = v["k"].as_u64() else { return };
         let now = self.now;
         let Some(r) = self

@@ -126,6 +126,20 @@ impl Sim {
         }
         let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
         let k = v["k"].as_u64().unwrap_or(0);
+        if let Some(id) = v["msgId"].as_u64() {
+            // Written while the window had room: fewer messages, fewer bytes
+            // (weights are at least the lengths) than it allows.
+            let (count, bytes) = super::WINDOW;
+            let before: usize = self.ahead.values().sum();
+            if self.ahead.len() >= count || before >= bytes {
+                let n = self.ahead.len();
+                self.fail(format!(
+                    "written with {n} messages, {before} bytes ahead of the \
+                     acknowledgements (window {count}, {bytes} bytes)"
+                ));
+            }
+            self.ahead.insert(id, text.len());
+        }
         let now = self.now;
         let (sock, open) = (self.sock, self.state == Some(LinkState::Open));
         // The on_open step's messages go on their connection only; the
@@ -245,6 +259,7 @@ impl Sim {
                 }
                 self.paused = false;
                 self.reserve_used = 0;
+                self.ahead.clear();
             }
             Output::RunHook { conn } => {
                 self.hooks.push_back(conn);
@@ -289,7 +304,12 @@ impl Sim {
                 }
                 self.state = Some(s);
             }
-            Output::JournalDrop(id) => self.journal_drop(id),
+            Output::JournalDrop(id) => {
+                // Given up: it will not be written again, nor waits for its
+                // acknowledgement.
+                self.ahead.remove(&id);
+                self.journal_drop(id);
+            }
             Output::LastError(_) => {}
             Output::Ended => self.ended = true,
         }

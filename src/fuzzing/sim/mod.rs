@@ -54,7 +54,8 @@ use model::{Msg, Req};
 use net::{Down, Flight, Up};
 use restart::Disk;
 use rules::{
-    ENDPOINTS, Endpoints, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, SPREAD, login_timeout, rules,
+    ENDPOINTS, Endpoints, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, SPREAD, WINDOW, login_timeout,
+    rules,
 };
 use server::Server;
 
@@ -243,6 +244,9 @@ pub struct Sim {
     /// The caller paused the link and has not resumed it.
     app_paused: bool,
     endpoints: Endpoints,
+    /// At least once: ids written on this connection whose acknowledgement
+    /// the client has not read (the in-flight window bounds them).
+    ahead: BTreeMap<u64, usize>,
     close_deadline: Option<Instant>,
     /// The session ended for good.
     ended: bool,
@@ -332,6 +336,7 @@ impl Sim {
             closing: false,
             app_paused: false,
             endpoints: Endpoints::default(),
+            ahead: BTreeMap::new(),
             close_deadline: None,
             ended: false,
             finished: false,

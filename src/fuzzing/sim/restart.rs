@@ -268,6 +268,7 @@ impl Sim {
         // A new process is not paused: pausing is the app's, in memory.
         self.app_paused = false;
         self.endpoints = super::Endpoints::default();
+        self.ahead.clear();
         self.session = Session::new(rules, budget.clone(), counters.clone(), rec.items);
         self.budget = budget;
         self.counters = counters;

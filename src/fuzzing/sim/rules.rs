@@ -30,6 +30,11 @@ pub(super) const SPREAD: Duration = Duration::from_millis(50);
 /// Endpoints the link goes round: an attempt that fails moves to the next.
 pub(super) const ENDPOINTS: usize = 2;
 
+/// At least once: messages and bytes written ahead of the
+/// acknowledgements, at most. Small (below most outbox capacities, and
+/// about one padded message), so that the window fills and frees often.
+pub(super) const WINDOW: (usize, usize) = (2, 250);
+
 /// What the model knows of the endpoints since the last attempt began.
 #[derive(Debug, Default)]
 pub(super) struct Endpoints {
@@ -74,8 +79,7 @@ pub(super) fn rules(cfg: &SimConfig) -> Arc<Rules> {
         error_suffix: "Error".into(),
         correlation_field: cfg.by_id.then(|| "reqId".into()),
         acks: cfg.at_least_once.then(|| ("Ack".into(), "msgId".into())),
-        // Small, so that the window fills and frees often.
-        window: (16, 4096),
+        window: WINDOW,
         durable: cfg.durable,
         track_cap: cfg.track_cap,
         endpoints: ENDPOINTS,
