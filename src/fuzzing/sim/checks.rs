@@ -121,6 +121,22 @@ impl Sim {
         }
     }
 
+    /// At least once: message `id` is written, as the window had room: fewer
+    /// messages and bytes (weights are at least the lengths) were ahead of
+    /// the acknowledgements the client has read than it allows.
+    pub(super) fn check_window(&mut self, id: u64, len: usize) {
+        let (count, bytes) = super::WINDOW;
+        let before: usize = self.ahead.values().sum();
+        if self.ahead.len() >= count || before >= bytes {
+            let n = self.ahead.len();
+            self.fail(format!(
+                "written with {n} messages, {before} bytes ahead of the \
+                 acknowledgements (window {count}, {bytes} bytes)"
+            ));
+        }
+        self.ahead.insert(id, len);
+    }
+
     /// Endpoints: an attempt that fails moves to the next one; a link that
     /// was open retries its own (an attempt a pause abandoned may do either).
     pub(super) fn check_endpoint(&mut self, endpoint: usize) {

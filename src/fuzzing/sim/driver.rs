@@ -127,18 +127,7 @@ impl Sim {
         let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
         let k = v["k"].as_u64().unwrap_or(0);
         if let Some(id) = v["msgId"].as_u64() {
-            // Written while the window had room: fewer messages, fewer bytes
-            // (weights are at least the lengths) than it allows.
-            let (count, bytes) = super::WINDOW;
-            let before: usize = self.ahead.values().sum();
-            if self.ahead.len() >= count || before >= bytes {
-                let n = self.ahead.len();
-                self.fail(format!(
-                    "written with {n} messages, {before} bytes ahead of the \
-                     acknowledgements (window {count}, {bytes} bytes)"
-                ));
-            }
-            self.ahead.insert(id, text.len());
+            self.check_window(id, text.len());
         }
         let now = self.now;
         let (sock, open) = (self.sock, self.state == Some(LinkState::Open));
