@@ -7,16 +7,20 @@
 //! dispatcher waits for room, so the dispatcher's own queue fills and the
 //! I/O thread stops reading (the same backpressure as a slow closure).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 
 use crate::command::Event;
 use crate::state::Counters;
 use crate::{InvalidFrame, LinkState, Message};
+
+/// The largest `dispatch_capacity`: a receiver allocates its slots up
+/// front (16 bytes each), so this bounds one at 16 MiB.
+pub(crate) const MAX_CAPACITY: usize = 1 << 20;
 
 type Handler<T> = Arc<Mutex<Box<dyn FnMut(&T) + Send>>>;
 
@@ -165,22 +169,62 @@ pub(crate) fn call<T>(h: &Handler<T>, arg: &T, counters: &Counters, what: &str) 
     }
 }
 
-/// Hand `m` to a receiver's queue, waiting for room while it is full,
-/// unless the link closes (`stop` disconnects) or the receiver is dropped:
-/// then it is counted as unclaimed.
-fn enqueue(tx: &Sender<Message>, m: Message, stop: &Receiver<()>, counters: &Counters) {
-    let m = match tx.try_send(m) {
-        Ok(()) => return,
-        Err(TrySendError::Disconnected(_)) => {
-            return Counters::add(&counters.unclaimed, 1);
+/// The dispatcher's inputs, and what it took from them out of turn.
+struct Inbox<'a, H: Fn(u64)> {
+    rx: &'a Receiver<Event>,
+    stop: &'a Receiver<()>,
+    hook: &'a H,
+    counters: &'a Counters,
+    /// Events that came while a full receiver was waited for, in order.
+    deferred: VecDeque<Event>,
+}
+
+impl<H: Fn(u64)> Inbox<'_, H> {
+    fn next(&mut self) -> Option<Event> {
+        self.deferred.pop_front().or_else(|| self.rx.recv().ok())
+    }
+
+    /// Hand `m` to a receiver's queue, waiting for room while it is full,
+    /// unless the link closes (`stop` disconnects) or the receiver is
+    /// dropped: then it is counted as unclaimed. While it waits, a new
+    /// connection's `on_open` step runs (an application that stopped
+    /// pulling must not keep its link from logging in again); other events
+    /// wait their turn.
+    fn enqueue(&mut self, tx: &Sender<Message>, m: Message) {
+        let m = match tx.try_send(m) {
+            Ok(()) => return,
+            Err(TrySendError::Disconnected(_)) => {
+                return Counters::add(&self.counters.unclaimed, 1);
+            }
+            Err(TrySendError::Full(m)) => m,
+        };
+        let mut events = true;
+        loop {
+            let mut sel = Select::new();
+            let room = sel.send(tx);
+            let stop = sel.recv(self.stop);
+            if events {
+                sel.recv(self.rx);
+            }
+            let op = sel.select();
+            let i = op.index();
+            if i == room {
+                if op.send(tx, m).is_err() {
+                    Counters::add(&self.counters.unclaimed, 1);
+                }
+                return;
+            }
+            if i == stop {
+                let _ = op.recv(self.stop);
+                return Counters::add(&self.counters.unclaimed, 1);
+            }
+            match op.recv(self.rx) {
+                Ok(Event::Hook { conn }) => (self.hook)(conn),
+                Ok(other) => self.deferred.push_back(other),
+                // The I/O thread is gone: wait for room or the close.
+                Err(_) => events = false,
+            }
         }
-        Err(TrySendError::Full(m)) => m,
-    };
-    select! {
-        send(tx, m) -> sent => if sent.is_err() {
-            Counters::add(&counters.unclaimed, 1);
-        },
-        recv(stop) -> _ => Counters::add(&counters.unclaimed, 1),
     }
 }
 
@@ -196,7 +240,14 @@ pub(crate) fn run(
     done: impl Fn(),
     hook: impl Fn(u64),
 ) {
-    for event in rx.iter() {
+    let mut inbox = Inbox {
+        rx: &rx,
+        stop: &stop,
+        hook: &hook,
+        counters: &counters,
+        deferred: VecDeque::new(),
+    };
+    while let Some(event) = inbox.next() {
         match event {
             Event::Message(m) => {
                 let sinks = registry.for_message(m.operator());
@@ -209,10 +260,10 @@ pub(crate) fn run(
                         Sink::Call(h) => call(&h, &m, &counters, "message"),
                         // The last one takes the message itself.
                         Sink::Queue(tx) if sinks.peek().is_none() => {
-                            enqueue(&tx, m, &stop, &counters);
+                            inbox.enqueue(&tx, m);
                             break;
                         }
-                        Sink::Queue(tx) => enqueue(&tx, m.clone(), &stop, &counters),
+                        Sink::Queue(tx) => inbox.enqueue(&tx, m.clone()),
                     }
                 }
                 done();

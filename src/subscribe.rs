@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 
-use crate::dispatch::{Registry, Sink, Topic};
+use crate::dispatch::{MAX_CAPACITY, Registry, Sink, Topic};
 use crate::{Client, ClientBuilder, Error, InvalidFrame, LinkState, Message};
 
 /// A registered closure. Dropping it does **not** unsubscribe: call
@@ -83,7 +83,9 @@ impl fmt::Debug for Receiver {
 
 impl Receiver {
     fn new(registry: &Arc<Registry>, topic: Topic, capacity: usize) -> Receiver {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        // Within bounds even before the configuration is checked (a
+        // receiver may be made on the builder): never a panic here.
+        let (tx, rx) = crossbeam_channel::bounded(capacity.clamp(1, MAX_CAPACITY));
         let id = registry.add_message(topic, Sink::Queue(tx));
         Receiver {
             rx,

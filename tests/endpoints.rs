@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use longlink::{Client, LinkState};
-use support::{Server, ServerOpts, dead_addr, init_log, wait_until};
+use support::{Server, ServerOpts, dead_addr, init_log, raw_server, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -133,4 +133,33 @@ fn an_empty_or_bad_endpoint_list_is_refused_before_any_connection() {
     let text = err.to_string();
     assert!(text.contains("ws://"), "{text}");
     assert!(!text.contains("secret"), "{text}");
+}
+
+#[test]
+fn an_endpoint_that_refuses_the_upgrade_is_passed_over_and_the_link_ends_only_when_all_refuse() {
+    use std::io::{Read, Write};
+    init_log();
+    // Answers every upgrade with 404 (a misconfigured host).
+    let refuse = |_: usize, mut stream: std::net::TcpStream| {
+        let _ = stream.read(&mut [0; 4096]);
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    };
+    let (a, refusals) = raw_server(refuse);
+    let a = format!("ws://{a}/");
+    let live = Server::start();
+    let client = quick(&a)
+        .endpoints([a.clone(), live.url()])
+        .connect()
+        .unwrap();
+    assert_eq!(client.stats().endpoint, live.url());
+    assert_eq!(refusals.load(Ordering::SeqCst), 1);
+    client.close(WAIT).unwrap();
+    // Every endpoint refuses: the link ends with the status, as with one.
+    let (b, _) = raw_server(refuse);
+    let b = format!("ws://{b}/");
+    let err = quick(&a).endpoints([a.clone(), b]).connect().unwrap_err();
+    assert!(
+        matches!(err, longlink::Error::Rejected { status: 404 }),
+        "{err:?}"
+    );
 }

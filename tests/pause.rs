@@ -195,3 +195,32 @@ fn close_while_paused_hands_back_what_is_queued() {
         [json!({"Operator": "A"}), json!({"Operator": "B"})]
     );
 }
+
+#[test]
+fn a_request_that_times_out_while_paused_gives_its_room_back() {
+    init_log();
+    let server = support::Server::start();
+    let client = Client::builder(server.url())
+        .outbox_capacity(2)
+        .connect()
+        .unwrap();
+    client.pause();
+    wait_state(&client, LinkState::Paused);
+    for _ in 0..2 {
+        let r = client.request(json!({"Operator": "Stale"}), Duration::from_millis(50));
+        assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    }
+    // Both callers gave up: their room comes back at their deadlines.
+    assert!(wait_until(Duration::from_secs(10), || client
+        .stats()
+        .outbox_depth
+        == 0));
+    client.send(json!({"Operator": "Fresh"})).unwrap();
+    client.resume();
+    let first = server.next_text(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        first["Operator"], "Fresh",
+        "a request written after its caller gave up"
+    );
+    client.close(Duration::from_secs(10)).unwrap();
+}

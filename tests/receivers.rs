@@ -199,3 +199,59 @@ fn a_full_receiver_nobody_reads_does_not_hold_close_back() {
     );
     assert!(2 + stats.unclaimed <= stats.messages_received);
 }
+
+/// A receiver the application stopped pulling holds reading back; it must
+/// not keep a new connection's `on_open` step from running (the step runs
+/// on the thread that waits for the receiver's room).
+#[test]
+fn a_full_receiver_does_not_keep_the_link_from_logging_in_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_log();
+    let server = Server::start();
+    let logins = Arc::new(AtomicUsize::new(0));
+    let l = logins.clone();
+    let mut builder = Client::builder(server.url())
+        .dispatch_capacity(2)
+        .reconnect_min_delay(Duration::from_millis(20))
+        .reconnect_max_delay(Duration::from_millis(100))
+        .on_open(move |_| {
+            l.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    let news = builder.receiver("News");
+    let client = builder.connect().unwrap();
+    for n in 0..10 {
+        server.push(json!({"Operator": "News", "n": n}));
+    }
+    // Full, and the dispatcher waits for its room.
+    assert!(wait_until(WAIT, || news.len() == 2));
+    let connects = client.stats().connects;
+    server.reset_all();
+    // Reading is held back, so a write finds the reset: the application
+    // goes on sending.
+    assert!(
+        wait_until(WAIT, || {
+            let _ = client.send(json!({"Operator": "Tick"}));
+            client.stats().connects > connects && client.state() == LinkState::Open
+        }),
+        "state {:?}, on_open ran {} times, {:?}",
+        client.state(),
+        logins.load(Ordering::SeqCst),
+        client.stats()
+    );
+    assert_eq!(
+        logins.load(Ordering::SeqCst) as u64,
+        client.stats().connects
+    );
+    // Messages sent meanwhile flow; what the receiver was given stays in order.
+    client.send(json!({"Operator": "After"})).unwrap();
+    let flowed = wait_until(WAIT, || {
+        std::iter::from_fn(|| server.next_text(Duration::ZERO)).any(|v| v["Operator"] == "After")
+    });
+    assert!(flowed);
+    let ns: Vec<_> = (0..2)
+        .map(|_| news.recv_timeout(WAIT).unwrap().get("n").cloned())
+        .collect();
+    assert_eq!(ns, [Some(json!(0)), Some(json!(1))]);
+    client.close(WAIT).unwrap();
+}

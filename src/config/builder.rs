@@ -285,7 +285,9 @@ impl ClientBuilder {
     /// does not count as silence. While a request waits for its reply it
     /// reads on for up to 1 MiB more, so that the reply is not stuck behind
     /// pushes (its caller may be the closure the queue waits for).
-    /// Defaults to 1024.
+    /// Also each [`Receiver`](crate::Receiver)'s bound: a receiver
+    /// allocates its slots up front (16 bytes each: 16 KiB at the default).
+    /// Defaults to 1024; at most 1,048,576.
     pub fn dispatch_capacity(mut self, n: usize) -> Self {
         self.cfg.dispatch_capacity = n;
         self
@@ -298,8 +300,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Socket read buffer per connection. Defaults to 4 KiB (tungstenite's
-    /// 128 KiB costs memory on every idle link).
+    /// Socket read buffer per connection, allocated at every connect.
+    /// Defaults to 4 KiB (tungstenite's 128 KiB costs memory on every idle
+    /// link); at most 64 MiB.
     pub fn read_buffer_size(mut self, n: usize) -> Self {
         self.cfg.read_buffer_size = n;
         self

@@ -1,9 +1,12 @@
 //! Server URLs: checked once when the client is built, redacted wherever
 //! they are shown.
 
-/// The URL with its user info and query replaced, for logs and `Debug`:
-/// tokens often travel there.
-/// A URL without `://` is shown as given, minus the same parts.
+/// The URL with its user info, query and fragment replaced, for logs,
+/// errors and `Debug`: tokens and passwords often travel there. An `@`
+/// past the host (a password holding `/`, `?` or `#`, or an `@` in the
+/// path or query) leaves no telling where a secret ends: then nothing past
+/// the scheme is shown. A URL without `://` is shown as given, minus the
+/// same parts.
 pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
@@ -11,14 +14,18 @@ pub(crate) fn redact_url(url: &str) -> String {
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let tail = match tail.split_once('?') {
-        Some((path, _)) => format!("{path}?<redacted>"),
-        None => tail.to_owned(),
+    let shown = if tail.contains('@') {
+        "<redacted>".to_owned()
+    } else {
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        match tail.find(['?', '#']) {
+            Some(i) => format!("{host}{}<redacted>", &tail[..=i]),
+            None => format!("{host}{tail}"),
+        }
     };
     match scheme {
-        Some(scheme) => format!("{scheme}://{host}{tail}"),
-        None => format!("{host}{tail}"),
+        Some(scheme) => format!("{scheme}://{shown}"),
+        None => shown,
     }
 }
 
@@ -81,6 +88,34 @@ mod tests {
             "wss://h.example:8443/ws?<redacted>"
         );
         assert_eq!(redact_url("ws://127.0.0.1:80/a"), "ws://127.0.0.1:80/a");
+    }
+
+    #[test]
+    fn a_password_holding_a_delimiter_is_never_shown() {
+        for url in [
+            "ws://alice:pa#ss-W0rd@example.com/ws",
+            "ws://alice:pa/ss-W0rd@example.com/ws",
+            "ws://alice:pa?ss-W0rd@example.com/ws",
+            "ws://alice:1234/ss-W0rd@example.com/ws",
+            "alice:pa/ss-W0rd@example.com/ws",
+        ] {
+            let shown = redact_url(url);
+            assert!(
+                !shown.contains("alice") && !shown.contains("W0rd"),
+                "{url}: {shown}"
+            );
+            // Refused (not a port) or taken as host `alice`: either way not shown.
+            if let Err(e) = check_url(url) {
+                assert!(!e.contains("alice") && !e.contains("W0rd"), "{url}: {e}");
+            }
+        }
+        // An @ in a query: the host goes too (no telling it from a password).
+        assert_eq!(
+            redact_url("wss://h.example/ws?mail=a@b.example"),
+            "wss://<redacted>"
+        );
+        // A fragment is redacted like a query.
+        assert_eq!(redact_url("ws://h/ws#token=x"), "ws://h/ws#<redacted>");
     }
 
     #[test]

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use super::url::check_url;
 use super::{ClientBuilder, Config};
 use crate::Error;
+use crate::dispatch::MAX_CAPACITY;
 use crate::tunnel::HttpProxy;
+
+/// The largest read buffer: tungstenite allocates it at every connect.
+const MAX_READ_BUFFER: usize = 64 << 20;
 
 impl ClientBuilder {
     pub(super) fn validate(mut self) -> Result<Config, Error> {
@@ -74,6 +78,27 @@ impl ClientBuilder {
             if n == 0 {
                 self.problems
                     .push(format!("{name} must be greater than zero"));
+            }
+        }
+        // Allocated up front: per receiver, per connection.
+        for (name, n, max, shown) in [
+            (
+                "dispatch_capacity",
+                c.dispatch_capacity,
+                MAX_CAPACITY,
+                "1,048,576",
+            ),
+            (
+                "read_buffer_size",
+                c.read_buffer_size,
+                MAX_READ_BUFFER,
+                "64 MiB",
+            ),
+        ] {
+            if n > max {
+                self.problems.push(format!(
+                    "{name} must be at most {shown} (it is allocated up front)"
+                ));
             }
         }
         if c.rules.operator_field.is_empty() {
@@ -181,6 +206,28 @@ mod tests {
             shown.contains(r#"["ws://a.example/ws", "wss://b.example/ws"]"#),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn sizes_allocated_up_front_are_bounded_with_a_clear_error_never_a_panic() {
+        // A receiver made on the builder before the check does not panic.
+        let mut b = ClientBuilder::new("ws://x")
+            .dispatch_capacity(usize::MAX)
+            .read_buffer_size(usize::MAX);
+        let _receiver = b.receiver_any();
+        let text = b.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("dispatch_capacity must be at most 1,048,576"),
+            "{text}"
+        );
+        assert!(
+            text.contains("read_buffer_size must be at most 64 MiB"),
+            "{text}"
+        );
+        let at_most = ClientBuilder::new("ws://x")
+            .dispatch_capacity(1 << 20)
+            .read_buffer_size(64 << 20);
+        assert!(at_most.validate().is_ok());
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Session {
         self.conn_ids += 1;
         let id = self.conn_ids;
         self.conn = Some(ConnState::new(id, now, &self.rules));
+        self.refused = 0;
         Counters::add(&self.counters.connects, 1);
         if self.rules.on_open {
             self.phase = Phase::LoggingIn {
@@ -88,12 +89,19 @@ impl Session {
         Counters::add(&self.counters.connect_failures, 1);
         self.next_endpoint();
         let reason = e.describe();
-        if e.is_permanent(self.rules.retry_rejections) {
-            self.end(now, CloseReason::Fatal(reason), Some(e));
+        if !e.is_permanent(self.rules.retry_rejections) {
+            self.refused = 0;
         } else {
-            self.outputs.push_back(Output::LastError(e));
-            self.retry(now, Cause::ConnectFailed(reason));
+            // One endpoint that refuses for good is passed over; when each
+            // has refused in turn (one: at once), the link ends.
+            self.refused += 1;
+            if self.refused >= self.rules.endpoints.max(1) {
+                return self.end(now, CloseReason::Fatal(reason), Some(e));
+            }
+            log::warn!("longlink: an endpoint refused for good ({reason}); trying the next");
         }
+        self.outputs.push_back(Output::LastError(e));
+        self.retry(now, Cause::ConnectFailed(reason));
     }
 
     /// The connection failed (read or write error, size limit, …).
@@ -182,6 +190,7 @@ impl Session {
     pub(super) fn resume(&mut self) {
         if self.phase == Phase::Paused {
             self.backoff.forget();
+            self.refused = 0;
             self.phase = Phase::Connecting { attempt: 0 };
         }
     }

@@ -185,6 +185,9 @@ pub(crate) struct Session {
     conn_ids: u64,
     /// The endpoint in use, or to try next.
     endpoint: usize,
+    /// Attempts refused for good in a row (HTTP 4xx, a bad certificate):
+    /// the link ends when every endpoint has refused in turn.
+    refused: usize,
     /// Accepted by `send`, not yet written (or to be written again).
     outbox: VecDeque<Item>,
     /// At-least-once messages written and not yet acknowledged, in id order.
@@ -199,7 +202,8 @@ pub(crate) struct Session {
     acked: u64,
     /// The warning that no acknowledgement comes was given.
     ack_warned: bool,
-    /// Earliest time to live of a queued message, if any.
+    /// When the next queued item is to go unwritten: a message's time to
+    /// live, a request's deadline ([`queue::drop_at`]).
     ttl_next: Option<Instant>,
     /// Volatile messages in the outbox.
     volatile_queued: usize,
@@ -243,7 +247,7 @@ impl Session {
     ) -> Session {
         let highest_id = recovered.iter().filter_map(|i| i.id).max().unwrap_or(0);
         // Recovered messages keep what was left of their time to live.
-        let ttl_next = recovered.iter().filter_map(|i| i.expires).min();
+        let ttl_next = recovered.iter().filter_map(queue::drop_at).min();
         Session {
             backoff: Backoff::new(rules.backoff),
             rules,
@@ -253,6 +257,7 @@ impl Session {
             conn: None,
             conn_ids: 0,
             endpoint: 0,
+            refused: 0,
             outbox: recovered.into(),
             unacked: VecDeque::new(),
             unacked_bytes: 0,

@@ -31,7 +31,7 @@ impl Session {
         if item.volatile {
             self.volatile_queued += 1;
         }
-        if let Some(e) = item.expires {
+        if let Some(e) = drop_at(&item) {
             self.ttl_next = Some(self.ttl_next.map_or(e, |t| t.min(e)));
         }
         if let Some(id) = item.id {
@@ -54,7 +54,8 @@ impl Session {
         }
     }
 
-    /// Drop queued messages whose time to live ran out (never sent late).
+    /// Drop queued messages whose time to live ran out and requests whose
+    /// caller gave up (never sent late).
     pub(super) fn expire(&mut self, now: Instant) {
         if self.ttl_next.is_some_and(|t| t <= now) {
             self.expire_all(now);
@@ -66,13 +67,18 @@ impl Session {
         let mut next: Option<Instant> = None;
         let mut keep = VecDeque::with_capacity(self.outbox.len());
         for item in std::mem::take(&mut self.outbox) {
-            match item.expires.filter(|_| !item.written) {
+            match drop_at(&item) {
                 Some(e) if e <= now => {
                     if item.volatile {
                         self.volatile_queued -= 1;
                     }
                     self.budget.release(item.weight);
-                    self.expire_item(item);
+                    // A request's caller has given up (it sees a timeout):
+                    // it goes unwritten, as from `poll_transmit`, and gives
+                    // its room back now, also while no connection comes.
+                    if item.reply.as_ref().is_none_or(|r| r.deadline > now) {
+                        self.expire_item(item);
+                    }
                 }
                 Some(e) => {
                     next = Some(next.map_or(e, |t| t.min(e)));
@@ -324,6 +330,18 @@ impl Session {
             self.outputs.push_back(Output::JournalDrop(id));
         }
         log::debug!("longlink: a message expired before it could be written");
+    }
+}
+
+/// When a queued item is to go unwritten: its time to live (unless it was
+/// written: a re-send is due whatever its age) or, for a request, its
+/// deadline, whichever comes first.
+pub(super) fn drop_at(item: &Item) -> Option<Instant> {
+    let ttl = item.expires.filter(|_| !item.written);
+    let deadline = item.reply.as_ref().map(|r| r.deadline);
+    match (ttl, deadline) {
+        (Some(t), Some(d)) => Some(t.min(d)),
+        (t, d) => t.or(d),
     }
 }
 

@@ -137,6 +137,25 @@ impl Sim {
         self.ahead.insert(id, len);
     }
 
+    /// An endpoint that refuses for good is passed over: the link ends
+    /// when every endpoint has refused in turn (or at its attempt limit).
+    pub(super) fn check_refusals(&self, rejected: bool, refusals: usize) {
+        let all = refusals >= super::ENDPOINTS;
+        let limit = matches!(
+            self.state,
+            Some(LinkState::Closed(crate::CloseReason::GaveUp { .. }))
+        );
+        if all && !self.ended {
+            self.fail("every endpoint refused for good in turn, yet the link lives".into());
+        }
+        if rejected && !all && !limit && self.ended {
+            self.fail(format!(
+                "the link ended after {refusals} refusals in a row, of {} endpoints",
+                super::ENDPOINTS
+            ));
+        }
+    }
+
     /// Endpoints: an attempt that fails moves to the next one; a link that
     /// was open retries its own (an attempt a pause abandoned may do either).
     pub(super) fn check_endpoint(&mut self, endpoint: usize) {

@@ -234,7 +234,12 @@ impl Sim {
                 self.note(|| "connect attempt".into());
                 self.attempt = Some(deadline);
             }
-            Output::AbandonAttempt => self.attempt = None,
+            Output::AbandonAttempt => {
+                // Given up for a timeout (a failure for now) or a pause
+                // (a resume starts afresh): no refusal in a row any more.
+                self.attempt = None;
+                self.rejected_in_a_row = 0;
+            }
             // Its Close frame may or may not get out; the Disconnect that
             // follows drops the socket.
             Output::GoAway(code) => self.note(|| format!("go away ({code})")),
@@ -444,6 +449,7 @@ impl Sim {
             let id = self.session.handle_connected(self.now);
             self.figures.connects += 1;
             self.failed_in_a_row = 0;
+            self.rejected_in_a_row = 0;
             self.sock = Some(id);
             self.quiet_from = self.now;
             self.reading_since = self.now;
@@ -470,9 +476,16 @@ impl Sim {
                 }
             };
             self.failed_in_a_row += 1;
+            self.rejected_in_a_row = if rejected {
+                self.rejected_in_a_row + 1
+            } else {
+                0
+            };
+            let refusals = self.rejected_in_a_row;
             self.session.handle_connect_failed(self.now, e);
             self.perform();
             self.check_cause("a failed attempt", |c| matches!(c, Cause::ConnectFailed(_)));
+            self.check_refusals(rejected, refusals);
         }
     }
 

@@ -213,6 +213,8 @@ pub struct Sim {
     attempt: Option<Instant>,
     /// Connect attempts failed in a row (no connection between them).
     failed_in_a_row: u32,
+    /// Of those, the last ones refused for good, in a row.
+    rejected_in_a_row: usize,
     /// A fatal `on_open` verdict was given this step: the link must end.
     fatal_due: bool,
     /// The connection the driver holds.
@@ -318,6 +320,7 @@ impl Sim {
             cmds: VecDeque::new(),
             attempt: None,
             failed_in_a_row: 0,
+            rejected_in_a_row: 0,
             fatal_due: false,
             sock: None,
             reset: None,
@@ -456,6 +459,7 @@ impl Sim {
                 // A resume starts afresh: no failed attempt counts.
                 if self.app_paused && !self.ended {
                     self.failed_in_a_row = 0;
+                    self.rejected_in_a_row = 0;
                 }
                 self.app_paused = false;
                 self.cmds.push_back(Command::Resume);

@@ -201,6 +201,7 @@ impl Sim {
         self.cmds.clear();
         self.attempt = None;
         self.failed_in_a_row = 0;
+        self.rejected_in_a_row = 0;
         self.fatal_due = false;
         self.sock = None;
         self.hooks.clear();

@@ -153,3 +153,35 @@ fn a_resume_starts_the_backoff_afresh() {
         t.state()
     );
 }
+
+#[test]
+fn a_request_that_times_out_while_paused_gives_its_room_back_at_its_deadline() {
+    let mut t = Sim::new(rules());
+    t.connect();
+    t.s.handle_command(t.now, Command::Pause);
+    t.perform();
+    let rx = t.request(r#"{"Operator":"Get"}"#, "GetOK", 100 * MS);
+    assert_eq!(t.s.held().0, 1);
+    // Its deadline is the only timer: the driver wakes once for it.
+    assert_eq!(t.s.poll_timeout(), Some(t.now + 100 * MS));
+    t.advance(100 * MS);
+    assert_eq!(t.s.held(), (0, 0), "no room held for a caller that gave up");
+    assert_eq!(t.budget.depth(), (0, 0));
+    assert_eq!(t.s.poll_timeout(), None, "and asleep again");
+    // Let go without an answer, uncounted: its caller sees its own timeout.
+    assert!(matches!(
+        rx.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    ));
+    assert_eq!(
+        t.counters
+            .expired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Nothing of it is written after a resume.
+    t.s.handle_command(t.now, Command::Resume);
+    t.perform();
+    t.connect();
+    assert!(t.write().iter().all(|f| !f.contains("Get")));
+}
