@@ -357,11 +357,7 @@ fn an_idempotent_request_is_resent_after_a_reconnect_and_others_fail_as_lost() {
 #[test]
 fn close_waits_for_acknowledgements_and_hands_back_what_was_not_acknowledged() {
     init_log();
-    let dedup = Arc::new(Mutex::new(support::Dedup::default())); // never acks
-    let server = Server::start_with(ServerOpts {
-        handler: Some(dedup_handler(dedup.clone(), support::ok_handler())),
-        ..ServerOpts::default()
-    });
+    let (server, dedup) = support::silent_dedup_server();
     let client = Client::builder(server.url())
         .at_least_once(true)
         .connect()

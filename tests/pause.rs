@@ -72,13 +72,7 @@ fn a_pause_says_going_away_and_the_queue_arrives_once_in_order_after_resume() {
     client.resume();
     wait_state(&client, LinkState::Open);
     assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 100));
-    let got: Vec<Value> = dedup
-        .lock()
-        .unwrap()
-        .accepted
-        .iter()
-        .map(|m| m["n"].clone())
-        .collect();
+    let got: Vec<Value> = dedup.lock().unwrap().field("n");
     assert_eq!(got, (0..100).map(Value::from).collect::<Vec<_>>());
     assert_eq!(client.stats().connects, 2, "resume twice is resume once");
     client.close(WAIT).unwrap();

@@ -51,6 +51,14 @@ pub struct Dedup {
     pub ack: bool,
 }
 
+impl Dedup {
+    /// Field `name` of each accepted message, in order (`Null` where it
+    /// is missing): what arrived, as a test compares it.
+    pub fn field(&self, name: &str) -> Vec<Value> {
+        self.accepted.iter().map(|m| m[name].clone()).collect()
+    }
+}
+
 /// The server side of at-least-once, for one client: it keeps the (run,
 /// highest id) pair. A message whose `msgRun` differs from the stored run
 /// starts a new sequence (accepted; its run and id are stored); within the

@@ -70,6 +70,13 @@ pub fn dedup_server() -> (Server, Arc<Mutex<Dedup>>) {
     (server, state)
 }
 
+/// As [`dedup_server`], acknowledging nothing (messages are still accepted).
+pub fn silent_dedup_server() -> (Server, Arc<Mutex<Dedup>>) {
+    let (server, state) = dedup_server();
+    state.lock().unwrap().ack = false;
+    (server, state)
+}
+
 /// A loopback address where nothing listens (connections are refused).
 pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

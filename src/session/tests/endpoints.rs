@@ -54,21 +54,23 @@ fn failed_attempts_go_round_the_endpoints_and_a_working_one_is_kept() {
     assert_eq!(attempt_endpoint(&mut t), 1);
 }
 
+/// The running attempt fails with `e`; the state after it.
+fn fail_attempt(t: &mut Sim, e: Error) -> LinkState {
+    t.s.handle_connect_failed(t.now, e);
+    t.perform();
+    t.state()
+}
+
 #[test]
 fn an_endpoint_that_refuses_for_good_is_passed_over_until_every_one_has() {
     let rejected = || Error::Rejected { status: 404 };
+    let backoff = |s: LinkState| matches!(s, LinkState::Backoff { .. });
     let mut t = Sim::new(Rules {
         endpoints: 2,
         ..rules()
     });
     assert_eq!(attempt_endpoint(&mut t), 0);
-    t.s.handle_connect_failed(t.now, rejected());
-    t.perform();
-    assert!(
-        matches!(t.state(), LinkState::Backoff { .. }),
-        "{:?}",
-        t.state()
-    );
+    assert!(backoff(fail_attempt(&mut t, rejected())));
     // The next works: the link lives on it, and the count starts afresh.
     assert_eq!(attempt_endpoint(&mut t), 1);
     t.s.handle_connected(t.now);
@@ -76,33 +78,22 @@ fn an_endpoint_that_refuses_for_good_is_passed_over_until_every_one_has() {
     assert_eq!(t.state(), LinkState::Open);
     t.frame(Inbound::Close(Some(1001)));
     assert_eq!(attempt_endpoint(&mut t), 1);
-    t.s.handle_connect_failed(t.now, rejected());
-    t.perform();
+    assert!(backoff(fail_attempt(&mut t, rejected())));
     // A failure for now between two refusals: no end.
     assert_eq!(attempt_endpoint(&mut t), 0);
-    t.s.handle_connect_failed(t.now, refused());
-    t.perform();
+    assert!(backoff(fail_attempt(&mut t, refused())));
     assert_eq!(attempt_endpoint(&mut t), 1);
-    t.s.handle_connect_failed(t.now, rejected());
-    t.perform();
-    assert!(
-        matches!(t.state(), LinkState::Backoff { .. }),
-        "{:?}",
-        t.state()
-    );
+    assert!(backoff(fail_attempt(&mut t, rejected())));
     // Each endpoint in turn refused for good: the link ends.
     assert_eq!(attempt_endpoint(&mut t), 0);
-    t.s.handle_connect_failed(t.now, rejected());
-    t.perform();
+    let end = fail_attempt(&mut t, rejected());
     assert!(
-        matches!(t.state(), LinkState::Closed(CloseReason::Fatal(ref why)) if why.contains("404")),
-        "{:?}",
-        t.state()
+        matches!(end, LinkState::Closed(CloseReason::Fatal(ref why)) if why.contains("404")),
+        "{end:?}"
     );
     // One endpoint: a refusal ends the link at once, as before.
     let mut t = Sim::new(rules());
     t.advance(Duration::ZERO);
-    t.s.handle_connect_failed(t.now, rejected());
-    t.perform();
-    assert!(matches!(t.state(), LinkState::Closed(_)), "{:?}", t.state());
+    let end = fail_attempt(&mut t, rejected());
+    assert!(matches!(end, LinkState::Closed(_)), "{end:?}");
 }
