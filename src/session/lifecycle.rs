@@ -72,6 +72,7 @@ impl Session {
         let id = self.conn_ids;
         self.conn = Some(ConnState::new(id, now, &self.rules));
         self.refused = 0;
+        self.acked_here = (0, 0);
         Counters::add(&self.counters.connects, 1);
         if self.rules.on_open {
             self.phase = Phase::LoggingIn {

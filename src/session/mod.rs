@@ -47,6 +47,7 @@ use crate::state::Counters;
 use crate::{Cause, CloseReason, Error, Failure, LinkState, Message, Status};
 use conn::ConnState;
 pub(crate) use conn::TRACK_CAP;
+pub(crate) use queue::WINDOW_GROWTH;
 pub(crate) use rules::{Name, Rules};
 
 /// How long past its connect timeout an attempt may take to answer before
@@ -194,6 +195,9 @@ pub(crate) struct Session {
     unacked: VecDeque<Item>,
     /// Their bytes (weights), for the in-flight window.
     unacked_bytes: usize,
+    /// Messages and bytes acknowledged on this connection: the in-flight
+    /// window grows with them.
+    acked_here: (usize, usize),
     /// Messages of the `on_open` hook (and of a `Link` kept after it).
     on_open_queue: VecDeque<Item>,
     /// Highest at-least-once id seen (acks beyond it are clamped).
@@ -261,6 +265,7 @@ impl Session {
             outbox: recovered.into(),
             unacked: VecDeque::new(),
             unacked_bytes: 0,
+            acked_here: (0, 0),
             on_open_queue: VecDeque::new(),
             highest_id,
             acked: 0,

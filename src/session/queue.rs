@@ -13,6 +13,9 @@ use crate::outbox::trim_oldest;
 use crate::state::Counters;
 use crate::{Error, Failure, Overflow, Status};
 
+/// How far a connection's in-flight window grows with what it delivers.
+pub(crate) const WINDOW_GROWTH: usize = 16;
+
 /// Messages written and awaiting their acknowledgement, none having come,
 /// before the warning that the server may not acknowledge at all.
 const ACK_SILENCE: usize = 1000;
@@ -116,10 +119,28 @@ impl Session {
     }
 
     /// At least once: as many messages or bytes are written ahead of the
-    /// acknowledgements as the window allows.
+    /// acknowledgements as the window allows. A connection starts with the
+    /// configured window and grows it to half of what it has had
+    /// acknowledged, up to [`WINDOW_GROWTH`] times: a cut makes write again
+    /// at most about half of what the connection delivered, and a link that
+    /// works is not held back waiting for acknowledgements.
     pub(super) fn window_full(&self) -> bool {
-        let (count, bytes) = self.rules.window;
+        let (count, bytes) = self.window();
         self.rules.acks.is_some() && (self.unacked.len() >= count || self.unacked_bytes >= bytes)
+    }
+
+    /// The in-flight window now, in messages and bytes.
+    fn window(&self) -> (usize, usize) {
+        let grow = |start: usize, acked: usize| {
+            start
+                .max(acked / 2)
+                .min(start.saturating_mul(WINDOW_GROWTH))
+        };
+        let (count, bytes) = self.rules.window;
+        (
+            grow(count, self.acked_here.0),
+            grow(bytes, self.acked_here.1),
+        )
     }
 
     /// The server acknowledged every id up to `n`.
@@ -131,7 +152,7 @@ impl Session {
         self.acked = n;
         let settled = |i: &Item| i.id.is_some_and(|id| id <= n);
         let mut receipts = Vec::new();
-        let mut count = 0;
+        let (mut count, mut freed) = (0, 0);
         // Written ones, and re-queued ones the server had after all.
         while let Some(item) = pop_if(&mut self.unacked, settled)
             .inspect(|i| self.unacked_bytes -= i.weight)
@@ -140,8 +161,11 @@ impl Session {
             self.budget.release(item.weight);
             receipts.extend(item.receipt);
             count += 1;
+            freed += item.weight;
         }
         Counters::add(&self.counters.acknowledged, count);
+        self.acked_here.0 += count as usize;
+        self.acked_here.1 += freed;
         for r in receipts {
             self.outputs
                 .push_back(Output::Receipt(r, Status::Acknowledged));

@@ -20,6 +20,7 @@ impl Sim {
             && let Some(n) = v["msgId"].as_u64()
         {
             self.ahead.retain(|id, _| *id > n);
+            self.acks_here += 1;
         }
         let Some(k) = v["k"].as_u64() else { return };
         let now = self.now;
@@ -123,9 +124,17 @@ impl Sim {
 
     /// At least once: message `id` is written, as the window had room: fewer
     /// messages and bytes (weights are at least the lengths) were ahead of
-    /// the acknowledgements the client has read than it allows.
+    /// the acknowledgements the client has read than it allows: the
+    /// configured window until an acknowledgement comes on the connection
+    /// (it grows with them), never more than [`WINDOW_GROWTH`] times it.
     pub(super) fn check_window(&mut self, id: u64, len: usize) {
         let (count, bytes) = super::WINDOW;
+        let grown = if self.acks_here > 0 {
+            crate::session::WINDOW_GROWTH
+        } else {
+            1
+        };
+        let (count, bytes) = (count * grown, bytes * grown);
         let before: usize = self.ahead.values().sum();
         if self.ahead.len() >= count || before >= bytes {
             let n = self.ahead.len();

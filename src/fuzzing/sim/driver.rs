@@ -254,6 +254,7 @@ impl Sim {
                 self.paused = false;
                 self.reserve_used = 0;
                 self.ahead.clear();
+                self.acks_here = 0;
             }
             Output::RunHook { conn } => {
                 self.hooks.push_back(conn);

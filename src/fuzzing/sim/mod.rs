@@ -249,6 +249,8 @@ pub struct Sim {
     /// At least once: ids written on this connection whose acknowledgement
     /// the client has not read (the in-flight window bounds them).
     ahead: BTreeMap<u64, usize>,
+    /// Acknowledgements the client read on this connection.
+    acks_here: usize,
     close_deadline: Option<Instant>,
     /// The session ended for good.
     ended: bool,
@@ -340,6 +342,7 @@ impl Sim {
             app_paused: false,
             endpoints: Endpoints::default(),
             ahead: BTreeMap::new(),
+            acks_here: 0,
             close_deadline: None,
             ended: false,
             finished: false,

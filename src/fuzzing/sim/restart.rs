@@ -270,6 +270,7 @@ impl Sim {
         self.app_paused = false;
         self.endpoints = super::Endpoints::default();
         self.ahead.clear();
+        self.acks_here = 0;
         self.session = Session::new(rules, budget.clone(), counters.clone(), rec.items);
         self.budget = budget;
         self.counters = counters;

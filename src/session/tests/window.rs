@@ -130,3 +130,39 @@ fn a_server_that_never_acknowledges_is_named_once_at_half_the_outbox() {
     t.write();
     assert!(!t.s.warned_of_silence());
 }
+
+#[test]
+fn the_window_grows_with_what_the_connection_delivers_and_starts_afresh_on_the_next() {
+    let written_ahead = |t: &mut Sim| texts(t.write()).len();
+    let mut t = Sim::with_outbox(
+        Rules {
+            window: (2, 1 << 20),
+            ..acked_rules()
+        },
+        1000,
+    );
+    t.connect();
+    with_ids(&mut t, 1..=200);
+    assert_eq!(
+        written_ahead(&mut t),
+        2,
+        "a new connection starts at the window"
+    );
+    // Acknowledged: 2, then 4, … the window is half of what was delivered.
+    t.text(r#"{"Operator":"Ack","msgId":2}"#);
+    assert_eq!(written_ahead(&mut t), 2, "2 delivered: still 2");
+    t.text(r#"{"Operator":"Ack","msgId":4}"#);
+    assert_eq!(written_ahead(&mut t), 2);
+    t.text(r#"{"Operator":"Ack","msgId":10}"#);
+    // 10 delivered (7 to 10 before they were written): a window of 5.
+    assert_eq!(written_ahead(&mut t), 5);
+    t.text(r#"{"Operator":"Ack","msgId":100}"#);
+    // Bounded at 16 times the window, whatever was delivered.
+    let burst = written_ahead(&mut t);
+    assert_eq!(burst, 32, "100 delivered: a window of 50, bounded at 32");
+    // A cut: the next connection starts at the window again.
+    t.frame(Inbound::Close(None));
+    t.advance(Duration::from_secs(60));
+    t.connect();
+    assert_eq!(written_ahead(&mut t), 2);
+}
