@@ -146,6 +146,29 @@ impl Sim {
         self.ahead.insert(id, len);
     }
 
+    /// The state names the endpoint of the attempt that runs.
+    pub(super) fn check_state_endpoint(&self, s: &LinkState) {
+        if let LinkState::Connecting { endpoint, .. } = *s
+            && self.attempt.is_some()
+            && self.endpoints.last != Some(endpoint)
+        {
+            let running = self.endpoints.last;
+            self.fail(format!(
+                "the state names endpoint {endpoint}, the attempt runs on {running:?}"
+            ));
+        }
+    }
+
+    /// An attempt failed, refused for good or not: the refusals in a row.
+    pub(super) fn count_refusal(&mut self, rejected: bool) -> usize {
+        self.rejected_in_a_row = if rejected {
+            self.rejected_in_a_row + 1
+        } else {
+            0
+        };
+        self.rejected_in_a_row
+    }
+
     /// An endpoint that refuses for good is passed over: the link ends
     /// when every endpoint has refused in turn (or at its attempt limit).
     pub(super) fn check_refusals(&self, rejected: bool, refusals: usize) {

@@ -287,16 +287,7 @@ impl Sim {
                 if s == LinkState::Open {
                     self.endpoints.opened = true;
                 }
-                // The state names the endpoint of the attempt that runs.
-                if let LinkState::Connecting { endpoint, .. } = s
-                    && self.attempt.is_some()
-                    && self.endpoints.last != Some(endpoint)
-                {
-                    let running = self.endpoints.last;
-                    self.fail(format!(
-                        "the state names endpoint {endpoint}, the attempt runs on {running:?}"
-                    ));
-                }
+                self.check_state_endpoint(&s);
                 self.state = Some(s);
             }
             Output::JournalDrop(id) => {
@@ -477,12 +468,7 @@ impl Sim {
                 }
             };
             self.failed_in_a_row += 1;
-            self.rejected_in_a_row = if rejected {
-                self.rejected_in_a_row + 1
-            } else {
-                0
-            };
-            let refusals = self.rejected_in_a_row;
+            let refusals = self.count_refusal(rejected);
             self.session.handle_connect_failed(self.now, e);
             self.perform();
             self.check_cause("a failed attempt", |c| matches!(c, Cause::ConnectFailed(_)));
