@@ -214,7 +214,9 @@ fn a_full_receiver_does_not_keep_the_link_from_logging_in_again() {
         .dispatch_capacity(2)
         .reconnect_min_delay(Duration::from_millis(20))
         .reconnect_max_delay(Duration::from_millis(100))
-        .on_open(move |_| {
+        .on_open(move |link| {
+            // A login whose reply comes behind the pushes nobody pulls.
+            link.request(json!({"Operator": "Login"}), Duration::from_secs(5))?;
             l.fetch_add(1, Ordering::SeqCst);
             Ok(())
         });
