@@ -166,3 +166,22 @@ fn the_window_grows_with_what_the_connection_delivers_and_starts_afresh_on_the_n
     t.connect();
     assert_eq!(written_ahead(&mut t), 2);
 }
+
+#[test]
+fn the_byte_window_grows_with_the_bytes_delivered() {
+    let mut t = Sim::with_outbox(
+        Rules {
+            window: (1000, 40),
+            ..acked_rules()
+        },
+        1000,
+    );
+    t.connect();
+    with_ids(&mut t, 1..=200);
+    // About 12 bytes a message: 40 bytes let 4 out (the last one past it).
+    assert_eq!(texts(t.write()).len(), 4);
+    t.text(r#"{"Operator":"Ack","msgId":40}"#);
+    // 40 delivered (about 480 bytes): a window of about 240 bytes.
+    let burst = texts(t.write()).len();
+    assert!((15..=25).contains(&burst), "{burst}");
+}
