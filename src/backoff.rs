@@ -8,14 +8,18 @@
 //! working link drops waits a random time within
 //! [`spread`](BackoffPolicy::spread) (250 ms by default: a lone drop still
 //! comes back at once, 125 ms at the median), and the window of every
-//! later retry is at least four minimum delays wide ([min, 4 × min] = 0.5
-//! to 2 s by default), so links that failed together come back spread
-//! over 1.5 s.
+//! later retry is at least six minimum delays wide ([min, 6 × min] = 0.5
+//! to 3 s by default), so links that failed together come back spread
+//! over 2.5 s: of 1,000 links, 80–102 came back in the busiest 100 ms with
+//! four minimum delays (0.5 to 2 s), the goal being at most 100.
 //!
 //! Pure: it never sleeps and never reads a clock; the caller passes `now`
 //! and a random source, and gets the delay to wait.
 
 use std::time::{Duration, Instant};
+
+/// How many minimum delays wide a retry's window is at least.
+const WIDE: u32 = 6;
 
 /// The policy knobs, copied from the builder.
 #[derive(Debug, Clone, Copy)]
@@ -117,9 +121,9 @@ impl Backoff {
     /// so clients that lost the same server do not come back in lockstep, and
     /// the floor keeps a dead server from being hammered.
     /// The `n`-th retry's delay: `jitter` of the way through its window,
-    /// [min, ceiling], at least four minimum delays wide.
+    /// [min, ceiling], at least [`WIDE`] minimum delays wide.
     fn delay_for(&self, n: u32, jitter: f64) -> Duration {
-        let wide = self.policy.min.saturating_mul(4).min(self.policy.max);
+        let wide = self.policy.min.saturating_mul(WIDE).min(self.policy.max);
         let hi = self.ceiling(n).max(wide);
         let lo = self.policy.min.min(hi);
         let jitter = jitter.clamp(0.0, 1.0);
@@ -240,8 +244,8 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        // At least four minimum delays wide, then doubling.
-        assert_eq!(ceilings, [2000, 2000, 2000, 4000, 8000, 16000]);
+        // At least six minimum delays wide, then doubling.
+        assert_eq!(ceilings, [3000, 3000, 3000, 4000, 8000, 16000]);
     }
 
     #[test]

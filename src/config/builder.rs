@@ -169,7 +169,7 @@ impl ClientBuilder {
     /// come back in the same instant. Defaults to 250 ms: a lone drop is
     /// still retried at once (125 ms at the median); a restarting server
     /// is usually still down by then, and the attempts that fail are
-    /// spread over at least four minimum delays
+    /// spread over at least six minimum delays
     /// ([`reconnect_min_delay`](Self::reconnect_min_delay)). Zero retries
     /// at once.
     pub fn reconnect_spread(mut self, d: Duration) -> Self {
