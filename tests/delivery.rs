@@ -357,15 +357,7 @@ fn an_idempotent_request_is_resent_after_a_reconnect_and_others_fail_as_lost() {
 #[test]
 fn close_waits_for_acknowledgements_and_hands_back_what_was_not_acknowledged() {
     init_log();
-    let (server, dedup) = support::silent_dedup_server();
-    let client = Client::builder(server.url())
-        .at_least_once(true)
-        .connect()
-        .unwrap();
-    for n in 0..3 {
-        client.send(json!({"Operator": "Post", "n": n})).unwrap();
-    }
-    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 3));
+    let (_server, client) = support::three_unacknowledged();
     match client.close(Duration::from_millis(300)) {
         Err(Error::Unsent { messages }) => {
             let ns: Vec<&Value> = messages.iter().map(|m| &m["n"]).collect();

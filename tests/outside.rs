@@ -238,15 +238,7 @@ fn while_paused_ttls_run_bounds_hold_and_queued_messages_leave_in_order_after_re
 
 #[test]
 fn close_while_paused_under_at_least_once_hands_back_written_and_queued_in_order() {
-    let (server, dedup) = support::silent_dedup_server();
-    let client = Client::builder(server.url())
-        .at_least_once(true)
-        .connect()
-        .unwrap();
-    for n in 0..3 {
-        client.send(json!({"Operator": "Post", "n": n})).unwrap();
-    }
-    assert!(wait_until(WAIT, || dedup.lock().unwrap().accepted.len() == 3));
+    let (_server, client) = support::three_unacknowledged();
     client.pause();
     wait_state(&client, LinkState::Paused);
     for n in 3..6 {

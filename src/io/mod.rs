@@ -159,7 +159,9 @@ impl Io {
         self.journal_acks();
         self.session.handle_timeout(now);
         self.perform(now);
-        if let Err(reason) = self.write(now) {
+        // A fresh clock: a request taken this turn may have been made after
+        // `now`, with a deadline already past (a zero timeout): never late.
+        if let Err(reason) = self.write(Instant::now()) {
             self.session.handle_lost(now, reason);
         }
         self.perform(now);

@@ -77,6 +77,24 @@ pub fn silent_dedup_server() -> (Server, Arc<Mutex<Dedup>>) {
     (server, state)
 }
 
+/// An at-least-once client with three messages (`n` 0 to 2) written to a
+/// server that never acknowledges them.
+pub fn three_unacknowledged() -> (Server, longlink::Client) {
+    let (server, dedup) = silent_dedup_server();
+    let client = longlink::Client::builder(server.url())
+        .at_least_once(true)
+        .connect()
+        .unwrap();
+    for n in 0..3 {
+        client
+            .send(serde_json::json!({"Operator": "Post", "n": n}))
+            .unwrap();
+    }
+    let written = || dedup.lock().unwrap().accepted.len() == 3;
+    assert!(wait_until(std::time::Duration::from_secs(10), written));
+    (server, client)
+}
+
 /// A loopback address where nothing listens (connections are refused).
 pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
